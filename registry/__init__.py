@@ -1,0 +1,46 @@
+"""runwire's core: runs, seqs, replay buffers, subscriptions, eviction and the store.
+
+Knows nothing of HTTP, WebSockets or any provider. Create a :class:`MemoryRegistry`
+(optionally with a store) and pass it to whatever serves clients.
+"""
+
+from .clock import Clock, ManualClock, SystemClock
+from .errors import QueueFull, RegistryError, RunInProgress, ShuttingDown, UnknownRun
+from .events import COMPLETE, SESSION_CREATED, USER_MESSAGE, Emit, Event, Position, RunSummary
+from .hooks import NullPersistence, Persistence
+from .memory import MemoryRegistry, Policy, RegistryStats, RunNotice, StartResult
+from .protocol import RunRegistry
+from .sessions import RunContext, Source
+from .subscription import Lagged, SubscribeInfo, Subscription, SubscriptionClosed
+
+__all__ = [
+    "COMPLETE",
+    "SESSION_CREATED",
+    "USER_MESSAGE",
+    "Clock",
+    "Emit",
+    "Event",
+    "Lagged",
+    "ManualClock",
+    "MemoryRegistry",
+    "NullPersistence",
+    "Persistence",
+    "Policy",
+    "Position",
+    "QueueFull",
+    "RegistryError",
+    "RegistryStats",
+    "RunContext",
+    "RunInProgress",
+    "RunNotice",
+    "RunRegistry",
+    "RunSummary",
+    "ShuttingDown",
+    "Source",
+    "StartResult",
+    "SubscribeInfo",
+    "Subscription",
+    "SubscriptionClosed",
+    "SystemClock",
+    "UnknownRun",
+]

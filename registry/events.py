@@ -1,0 +1,110 @@
+"""The event model: what a run produces, and its one canonical JSON form.
+
+An :class:`Event` is created once by the registry when it is published and then shared:
+the replay buffer, every subscriber and the store all hold the same object. Its wire form
+(the protocol's ``event`` frame) is encoded at most once, on first use, and cached, so a
+hundred subscribers cost one encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+# Event kinds with a meaning to the registry. Providers may emit other kinds; they pass through.
+USER_MESSAGE = "user_message"
+COMPLETE = "complete"
+SESSION_CREATED = "session_created"
+
+Outcome = Literal["done", "aborted", "interrupted", "error", "server_restart"]
+RunStatus = Literal["running", "completed", "queued"]
+
+_json = msgspec.json.Encoder()
+
+
+class Emit(NamedTuple):
+    """One event as a source produces it: a kind and its data, not yet numbered."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+class Position(NamedTuple):
+    """Where an event stands: the run and the seq inside it."""
+
+    run_id: str
+    seq: int
+
+
+class Event(msgspec.Struct, gc=False):
+    """A published event. ``seq`` is 1, 2, 3 ... within ``run_id``."""
+
+    session_id: str
+    run_id: str
+    seq: int
+    kind: str
+    ts: int
+    data: dict[str, Any]
+    wire: bytes | None = None
+
+    @property
+    def position(self) -> Position:
+        return Position(self.run_id, self.seq)
+
+    def frame(self) -> bytes:
+        """The protocol ``event`` frame as JSON bytes, encoded once and cached."""
+        wire = self.wire
+        if wire is None:
+            wire = self.wire = _json.encode(
+                {
+                    "type": "event",
+                    "session_id": self.session_id,
+                    "run_id": self.run_id,
+                    "seq": self.seq,
+                    "kind": self.kind,
+                    "ts": self.ts,
+                    "data": self.data,
+                }
+            )
+        return wire
+
+
+class RunSummary(msgspec.Struct, omit_defaults=False):
+    """The protocol's run summary."""
+
+    run_id: str
+    session_id: str
+    provider: str
+    status: RunStatus
+    started_at: int | None
+    completed_at: int | None
+    last_seq: int
+    subscribers: int
+    outcome: Outcome | None = None
+
+
+def complete_data(
+    session_id: str,
+    *,
+    reason: Outcome = "done",
+    exit_code: int | None = None,
+    error: str | None = None,
+    success: bool | None = None,
+) -> dict[str, Any]:
+    """The ``data`` of a ``complete`` event, with every field the protocol requires."""
+    aborted = reason in ("aborted", "interrupted")
+    if exit_code is None:
+        exit_code = 0 if reason == "done" else 1
+    if success is None:
+        success = reason == "done" and exit_code == 0 and error is None
+    data: dict[str, Any] = {
+        "exit_code": exit_code,
+        "success": success,
+        "aborted": aborted,
+        "reason": reason,
+        "actual_session_id": session_id,
+    }
+    if error is not None:
+        data["error"] = error
+    return data

@@ -1,0 +1,84 @@
+"""What the registry asks of a store, and the store it uses when it has none.
+
+The registry never waits for the disk while publishing: the write side is a set of
+synchronous ``*_nowait``-style calls that only enqueue. The read side is async and is used
+off the hot path (a subscribe whose position is older than memory, an idempotency check).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .events import Event, Position, RunSummary
+
+
+class Persistence(Protocol):
+    """The store as the registry sees it. Implemented by :class:`registry.store.SQLiteStore`."""
+
+    def run_started(self, run: RunSummary, *, client_msg_id: str | None) -> None:
+        """Record a new run (status ``running``). Must not block."""
+
+    def append(self, event: Event) -> None:
+        """Queue an event for the durable log. Must not block. Called in seq order."""
+
+    def run_completed(self, run: RunSummary, *, unread: bool) -> None:
+        """Record a run's outcome; ``unread`` when nobody was subscribed to its session."""
+
+    def provider_session(self, session_id: str, run_id: str, provider_session_id: str) -> None:
+        """Record the provider-native session id a run announced. Must not block or raise."""
+
+    def durable_seq(self, run_id: str) -> int:
+        """The highest seq of ``run_id`` known to be on disk (0 for none)."""
+
+    async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
+        """The run_id of the run a ``client_msg_id`` already started in the session, if any."""
+
+    async def latest_run(self, session_id: str) -> RunSummary | None:
+        """The session's newest run as stored, if any."""
+
+    async def read_history(
+        self, session_id: str, after: Position | None, before: Position | None
+    ) -> list[Event] | None:
+        """The session's events strictly after ``after`` and strictly before ``before``.
+
+        ``after=None`` means from the start of the session's first run; ``before=None`` means
+        to the end of the log. Runs come in start order, events in seq order. Returns ``None``
+        when ``after`` names a run that is not the session's (an unknown position).
+        Implementations flush pending writes first, so every published event is readable.
+        """
+
+
+class NullPersistence:
+    """No store: nothing is persisted and nothing older than memory can be replayed."""
+
+    def run_started(self, run: RunSummary, *, client_msg_id: str | None) -> None:
+        pass
+
+    def append(self, event: Event) -> None:
+        pass
+
+    def run_completed(self, run: RunSummary, *, unread: bool) -> None:
+        pass
+
+    def provider_session(self, session_id: str, run_id: str, provider_session_id: str) -> None:
+        pass
+
+    def durable_seq(self, run_id: str) -> int:
+        # Nothing will ever be on disk, so nothing is waited for: eviction goes by TTL alone.
+        return 1 << 62
+
+    async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
+        return None
+
+    async def latest_run(self, session_id: str) -> RunSummary | None:
+        return None
+
+    async def read_history(
+        self, session_id: str, after: Position | None, before: Position | None
+    ) -> list[Event] | None:
+        raise NotImplementedError
+
+
+def has_history(store: Persistence) -> bool:
+    """Whether ``store`` can replay events that memory no longer holds."""
+    return not isinstance(store, NullPersistence)

@@ -1,0 +1,704 @@
+"""The in-process run registry: one server process, runs and fan-out in memory.
+
+All state changes happen in synchronous code on the event loop, so every operation is
+atomic with respect to the others: a subscription registers its cursor in the same step
+that fixes its replay, and a ``complete`` cannot interleave with another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, cast
+
+import anyio
+import anyio.abc
+
+from .clock import Clock, SystemClock
+from .errors import QueueFull, RunInProgress, ShuttingDown, UnknownRun
+from .events import (
+    COMPLETE,
+    SESSION_CREATED,
+    USER_MESSAGE,
+    Event,
+    Outcome,
+    Position,
+    RunSummary,
+    complete_data,
+)
+from .hooks import NullPersistence, Persistence, has_history
+from .ids import new_run_id
+from .run import Run
+from .sessions import PendingStart, RunContext, SessionState, Source
+from .subscription import SubscribeInfo, Subscription
+
+log = logging.getLogger("runwire.registry")
+
+Policy = Literal["reject", "enqueue", "interrupt"]
+StartStatus = Literal["started", "queued", "duplicate"]
+
+_OUTCOMES: frozenset[str] = frozenset(("done", "aborted", "interrupted", "error", "server_restart"))
+# Keys under which a provider might put its own session id; they never leave the registry.
+_ID_KEYS: frozenset[str] = frozenset(
+    ("session_id", "sessionId", "actual_session_id", "provider_session_id")
+)
+
+
+class StartResult(NamedTuple):
+    """The answer to :meth:`MemoryRegistry.start`."""
+
+    session_id: str
+    run_id: str
+    status: StartStatus
+
+
+class RunNotice(NamedTuple):
+    """A run started or finished; pushed to listeners (the gateway tells the owner)."""
+
+    kind: Literal["run_started", "run_finished"]
+    owner: str
+    run: RunSummary
+
+
+class RegistryStats:
+    """Counters for metrics. Plain integers: reading them is free."""
+
+    __slots__ = ("dropped", "evicted", "lagged", "published", "runs_completed", "runs_started")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.dropped = 0
+        self.lagged = 0
+        self.runs_started = 0
+        self.runs_completed = 0
+        self.evicted = 0
+
+
+class MemoryRegistry:
+    """Runs keyed by the app's session id, with seqs, replay buffers and subscriptions.
+
+    Use it as an async context manager: inside, runs with a :data:`Source` are driven by
+    tasks of the registry's own task group, and a single sweeper evicts finished runs.
+    Runs without a source are driven by calling :meth:`publish`.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Persistence | None = None,
+        clock: Clock | None = None,
+        buffer_size: int = 5000,
+        run_ttl: float = 300.0,
+        queue_limit: int = 10,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        if run_ttl < 0:
+            raise ValueError("run_ttl must not be negative")
+        if queue_limit < 0:
+            raise ValueError("queue_limit must not be negative")
+        self._store: Persistence = store if store is not None else NullPersistence()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self.buffer_size = buffer_size
+        self.run_ttl = run_ttl
+        self.queue_limit = queue_limit
+        self.stats = RegistryStats()
+        self._sessions: dict[str, SessionState] = {}
+        self._runs: dict[str, Run] = {}
+        self._running: dict[str, Run] = {}
+        # Completed runs in completion order, with their completion time: the eviction queue.
+        self._finished: deque[tuple[float, Run]] = deque()
+        self._listeners: list[Callable[[RunNotice], None]] = []
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closing = False
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MemoryRegistry:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._sweep_forever)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.shutdown()
+        task_group, self._task_group = self._task_group, None
+        assert task_group is not None
+        task_group.cancel_scope.cancel()
+        return await task_group.__aexit__(exc_type, exc, tb)
+
+    def shutdown(self, reason: Outcome = "server_restart") -> int:
+        """Refuse new runs, drop every queued start and end every running run with
+        ``complete`` (``reason``). Returns how many runs were ended."""
+        self._closing = True
+        for state in self._sessions.values():
+            for pending in state.queue:
+                state.msg_ids.pop(pending.client_msg_id or "", None)
+            state.queue.clear()
+        ended = 0
+        for run in list(self._running.values()):
+            if self._finish(run, reason=reason):
+                ended += 1
+        return ended
+
+    def listen(self, callback: Callable[[RunNotice], None]) -> Callable[[], None]:
+        """Call ``callback`` for every run start and finish. Returns a function to stop."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    # Starting runs ---------------------------------------------------------------------
+
+    async def start(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        content: str,
+        provider: str = "",
+        source: Source | None = None,
+        client_msg_id: str | None = None,
+        policy: Policy = "reject",
+    ) -> StartResult:
+        """Start a run for the session, or queue it, or find it already started.
+
+        With a ``client_msg_id`` already used in the session (in memory or in the store),
+        nothing starts and the original run is returned as ``duplicate``. Otherwise, when a
+        run is running: ``reject`` raises :class:`RunInProgress`; ``enqueue`` queues the
+        start (bounded: :class:`QueueFull`); ``interrupt`` ends the running run with
+        ``reason: "interrupted"`` and starts this one at once.
+        """
+        if self._closing:
+            raise ShuttingDown()
+        if source is not None and self._task_group is None:
+            raise RuntimeError("runs with a source need the registry entered: `async with`")
+        if client_msg_id:
+            original = await self._find_duplicate(session_id, client_msg_id)
+            if original is not None:
+                return StartResult(session_id, original, "duplicate")
+            if self._closing:
+                raise ShuttingDown()
+        state = self._state(session_id, owner)
+        pending = PendingStart(self._new_run_id(), provider, content, client_msg_id, source)
+        running = self._running.get(session_id)
+        if running is not None:
+            if policy == "reject":
+                raise RunInProgress(session_id, running.run_id)
+            if policy == "enqueue":
+                if len(state.queue) >= self.queue_limit:
+                    raise QueueFull(session_id, self.queue_limit)
+                self._remember(state, pending)
+                state.queue.append(pending)
+                return StartResult(session_id, pending.run_id, "queued")
+            # interrupt: put this start first in line; ending the run starts it.
+            self._remember(state, pending)
+            state.queue.appendleft(pending)
+            self._finish(running, reason="interrupted")
+            return StartResult(session_id, pending.run_id, "started")
+        self._remember(state, pending)
+        self._launch(state, pending)
+        self.sweep()
+        return StartResult(session_id, pending.run_id, "started")
+
+    async def _find_duplicate(self, session_id: str, client_msg_id: str) -> str | None:
+        state = self._sessions.get(session_id)
+        if state is not None and client_msg_id in state.msg_ids:
+            return state.msg_ids[client_msg_id]
+        stored = await self._store.find_client_msg(session_id, client_msg_id)
+        if stored is not None:
+            return stored
+        # Look again: a concurrent start may have taken the id while the store answered.
+        state = self._sessions.get(session_id)
+        if state is not None and client_msg_id in state.msg_ids:
+            return state.msg_ids[client_msg_id]
+        return None
+
+    def _remember(self, state: SessionState, pending: PendingStart) -> None:
+        if pending.client_msg_id:
+            state.msg_ids[pending.client_msg_id] = pending.run_id
+
+    def _launch(self, state: SessionState, pending: PendingStart) -> Run:
+        now = self._now_ms()
+        run = Run(
+            state, pending.run_id, pending.provider, now, self.buffer_size, pending.client_msg_id
+        )
+        state.started += 1
+        previous = state.latest
+        if previous is not None:
+            previous.next = run
+        state.runs.append(run)
+        self._runs[run.run_id] = run
+        self._running[state.session_id] = run
+        self.stats.runs_started += 1
+        self._store.run_started(run.summary(), client_msg_id=pending.client_msg_id)
+        data: dict[str, Any] = {"content": pending.content}
+        if pending.client_msg_id:
+            data["client_msg_id"] = pending.client_msg_id
+        self._append(run, USER_MESSAGE, data, now)
+        self._notify("run_started", run)
+        if pending.source is not None:
+            assert self._task_group is not None
+            context = RunContext(
+                state.session_id, run.run_id, state.owner, pending.content, pending.client_msg_id
+            )
+            self._task_group.start_soon(self._drive, run, pending.source, context)
+        return run
+
+    async def _drive(self, run: Run, source: Source, context: RunContext) -> None:
+        """Feed a run from its source until it completes, fails or is cancelled."""
+        with anyio.CancelScope() as scope:
+            run.cancel_scope = scope
+            if run.done:
+                return
+            try:
+                events = source(context)
+                async with _closing(events):
+                    async for item in events:
+                        kind, data = item
+                        if not isinstance(kind, str) or not isinstance(data, dict):
+                            raise TypeError(f"source yielded {item!r}, not (kind, data)")
+                        self._publish(run, kind, data)
+                        if run.done:
+                            break
+            except Exception as exc:
+                log.warning("run %s failed: %s", run.run_id, exc, exc_info=exc)
+                self._finish(run, reason="error", error=str(exc) or type(exc).__name__)
+                return
+        if not run.done and not scope.cancel_called:
+            self._finish(run, reason="done", exit_code=0)
+
+    # Publishing ------------------------------------------------------------------------
+
+    def publish(self, session_id: str, kind: str, data: dict[str, Any]) -> Event | None:
+        """Publish an event to the session's running run.
+
+        Returns the numbered event, or ``None`` when it was not delivered: there is no
+        running run (a late event, a duplicate ``complete``), or the kind is
+        ``session_created`` (recorded, never delivered).
+        """
+        run = self._running.get(session_id)
+        if run is None:
+            self.stats.dropped += 1
+            return None
+        return self._publish(run, kind, data)
+
+    def _publish(self, run: Run, kind: str, data: dict[str, Any]) -> Event | None:
+        if run.status != "running":
+            run.dropped += 1
+            self.stats.dropped += 1
+            return None
+        if kind == COMPLETE:
+            return self._complete(run, data, cancel=False)
+        if kind == SESSION_CREATED:
+            pid = data.get("provider_session_id") or data.get("session_id")
+            if isinstance(pid, str):
+                self._record_provider_id(run, pid)
+            return None
+        if not _ID_KEYS.isdisjoint(data):
+            data = _scrub(data, run.session.session_id)
+        return self._append(run, kind, data, self._now_ms())
+
+    def _append(self, run: Run, kind: str, data: dict[str, Any], ts: int) -> Event:
+        state = run.session
+        event = Event(state.session_id, run.run_id, run.buffer.last_seq + 1, kind, ts, data)
+        run.buffer.append(event)
+        self._store.append(event)
+        self.stats.published += 1
+        if state.waiters:
+            state.wake()
+        return event
+
+    def record_provider_session(self, session_id: str, provider_session_id: str) -> bool:
+        """Record the provider-native id on the session's running (or latest) run."""
+        run = self._running.get(session_id)
+        if run is None:
+            state = self._sessions.get(session_id)
+            run = state.latest if state is not None else None
+        if run is None:
+            return False
+        self._record_provider_id(run, provider_session_id)
+        return True
+
+    def _record_provider_id(self, run: Run, provider_session_id: str) -> None:
+        # The first id is stored, the same id again is a no-op, a different one replaces it.
+        if not provider_session_id or provider_session_id == run.provider_session_id:
+            return
+        run.provider_session_id = provider_session_id
+        try:
+            self._store.provider_session(run.session.session_id, run.run_id, provider_session_id)
+        except Exception:
+            log.exception("recording the provider session id of run %s failed", run.run_id)
+
+    # Completing runs -------------------------------------------------------------------
+
+    def abort(
+        self, session_id: str, *, clear_queue: bool = False, reason: Outcome = "aborted"
+    ) -> RunSummary | None:
+        """End the running run with ``complete`` (``aborted: true``) and stop its source.
+
+        Returns the ended run's summary, or ``None`` when nothing was running (a no-op).
+        With ``clear_queue`` the session's queued starts are dropped instead of started.
+        """
+        state = self._sessions.get(session_id)
+        if state is not None and clear_queue:
+            for pending in state.queue:
+                state.msg_ids.pop(pending.client_msg_id or "", None)
+            state.queue.clear()
+        run = self._running.get(session_id)
+        if run is None:
+            return None
+        self._finish(run, reason=reason)
+        return run.summary()
+
+    def complete_run(
+        self, session_id: str, *, exit_code: int = 1, error: str | None = None
+    ) -> bool:
+        """End the running run with a synthetic ``complete`` (the crash path).
+
+        Returns ``False``, and does nothing, when no run is running.
+        """
+        run = self._running.get(session_id)
+        if run is None:
+            return False
+        reason: Outcome = "error" if (error is not None or exit_code != 0) else "done"
+        return self._finish(run, reason=reason, exit_code=exit_code, error=error)
+
+    def _finish(
+        self,
+        run: Run,
+        *,
+        reason: Outcome,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        data = complete_data(
+            run.session.session_id, reason=reason, exit_code=exit_code, error=error
+        )
+        return self._complete(run, data, cancel=True) is not None
+
+    def _complete(self, run: Run, data: dict[str, Any], *, cancel: bool) -> Event | None:
+        if run.status != "running":
+            run.dropped += 1
+            self.stats.dropped += 1
+            return None
+        state = run.session
+        data = _complete_fields(data, state.session_id)
+        now = self._now_ms()
+        event = self._append(run, COMPLETE, data, now)
+        run.status = "completed"
+        run.outcome = data["reason"]
+        run.completed_at = now
+        del self._running[state.session_id]
+        self._finished.append((self._clock.now(), run))
+        self.stats.runs_completed += 1
+        summary = run.summary()
+        self._store.run_completed(summary, unread=not state.subscriptions)
+        self._notify("run_finished", run, summary)
+        if cancel and run.cancel_scope is not None:
+            run.cancel_scope.cancel()
+        self._start_next(state)
+        return event
+
+    def _start_next(self, state: SessionState) -> None:
+        while state.queue and not self._closing and state.session_id not in self._running:
+            pending = state.queue.popleft()
+            if pending.source is not None and self._task_group is None:
+                log.error("queued run %s has a source but the registry is closed", pending.run_id)
+                continue
+            self._launch(state, pending)
+
+    def _notify(
+        self,
+        kind: Literal["run_started", "run_finished"],
+        run: Run,
+        summary: RunSummary | None = None,
+    ) -> None:
+        if not self._listeners:
+            return
+        notice = RunNotice(kind, run.session.owner, summary or run.summary())
+        for listener in list(self._listeners):
+            try:
+                listener(notice)
+            except Exception:
+                log.exception("run listener failed")
+
+    # Subscribing -----------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        run_id: str | None = None,
+        after_seq: int = 0,
+    ) -> Subscription:
+        """Subscribe to the session from a position; see the protocol's ``subscribe``.
+
+        The subscription is registered before anything is awaited, so events published
+        while the replay is read from the store are neither missed nor doubled. Its
+        :attr:`Subscription.info` holds what the ``subscribed`` frame reports.
+        """
+        if after_seq < 0:
+            raise ValueError("after_seq must be >= 0")
+        state = self._state(session_id, owner)
+        target: Run | None = None
+        if run_id is None:
+            target = state.latest
+        else:
+            target = self._runs.get(run_id)
+            if target is not None and target.session is not state:
+                raise UnknownRun(session_id, run_id)
+        if target is not None and after_seq + 1 >= target.buffer.first_seq:
+            # Everything asked for is in memory.
+            after = min(after_seq, target.last_seq)
+            sub = Subscription(state, target, after + 1, (target.run_id, after))
+            state.subscriptions.add(sub)
+            sub.info = self._info(state, sub, recovered=True)
+            return sub
+        return await self._subscribe_from_log(state, target, run_id, after_seq)
+
+    async def _subscribe_from_log(
+        self, state: SessionState, target: Run | None, run_id: str | None, after_seq: int
+    ) -> Subscription:
+        # Delivery from memory starts at the boundary: the oldest buffered event of the
+        # target run, or else of the session's oldest run in memory, or else its next run.
+        boundary = target if target is not None else (state.runs[0] if state.runs else None)
+        if boundary is not None:
+            sub = Subscription(state, boundary, boundary.buffer.first_seq, (run_id, after_seq))
+            before: Position | None = Position(boundary.run_id, boundary.buffer.first_seq)
+        else:
+            sub = Subscription(state, None, 1, (run_id, after_seq))
+            before = None
+        state.subscriptions.add(sub)
+        if not has_history(self._store):
+            sub.info = self._info(state, sub, recovered=False, first_available=before)
+            return sub
+        read = self._store.read_history
+        try:
+            if run_id is None:
+                latest = await self._store.latest_run(state.session_id)
+                after = Position(latest.run_id, after_seq) if latest is not None else None
+                # No run in the log either: the session has no events yet.
+                events = [] if after is None else await read(state.session_id, after, before)
+            else:
+                events = await read(state.session_id, Position(run_id, after_seq), before)
+        except BaseException:
+            sub.close()
+            raise
+        if events is None:
+            sub.close()
+            raise UnknownRun(state.session_id, run_id or "")
+        sub._set_prefix(self._unseen(state, sub, events))
+        sub.info = self._info(state, sub, recovered=True)
+        return sub
+
+    def _unseen(self, state: SessionState, sub: Subscription, events: list[Event]) -> list[Event]:
+        """Drop log events that the cursor will deliver from memory anyway.
+
+        The log read may have included events of runs that started (or were flushed) while
+        it ran; the cursor delivers those from memory.
+        """
+        start = sub._run
+        start_seq = sub._next
+        keep: list[Event] = []
+        for event in events:
+            run = self._runs.get(event.run_id)
+            if run is not None and run.session is state:
+                if start is None and run.ordinal >= sub._want:
+                    continue
+                if start is not None and (
+                    run.ordinal > start.ordinal or (run is start and event.seq >= start_seq)
+                ):
+                    continue
+            keep.append(event)
+        return keep
+
+    def _info(
+        self,
+        state: SessionState,
+        sub: Subscription,
+        *,
+        recovered: bool,
+        first_available: Position | None = None,
+    ) -> SubscribeInfo:
+        latest = state.latest
+        return SubscribeInfo(
+            session_id=state.session_id,
+            run=latest.summary() if latest is not None else None,
+            is_processing=state.session_id in self._running,
+            recovered=recovered,
+            replayed=sub.pending(),
+            first_available=first_available,
+        )
+
+    # Queries ---------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunSummary | None:
+        """The run's summary while it is in memory (running, or completed within the TTL)."""
+        run = self._runs.get(run_id)
+        return run.summary() if run is not None else None
+
+    def is_processing(self, session_id: str) -> bool:
+        """Whether the session has a running run."""
+        return session_id in self._running
+
+    def running_run_id(self, session_id: str) -> str | None:
+        run = self._running.get(session_id)
+        return run.run_id if run is not None else None
+
+    def list_runs(
+        self, *, owner: str | None = None, status: Literal["running", "all"] = "running"
+    ) -> list[RunSummary]:
+        """Run summaries, oldest start first: running ones, or every run in memory and
+        every queued start (``status="all"``), optionally only the owner's."""
+        runs = self._running.values() if status == "running" else self._runs.values()
+        out = [r.summary() for r in runs if owner is None or r.session.owner == owner]
+        out.sort(key=lambda s: s.started_at or 0)
+        if status == "all":
+            for state in self._sessions.values():
+                if owner is not None and state.owner != owner:
+                    continue
+                for pending in state.queue:
+                    out.append(
+                        RunSummary(
+                            run_id=pending.run_id,
+                            session_id=state.session_id,
+                            provider=pending.provider,
+                            status="queued",
+                            started_at=None,
+                            completed_at=None,
+                            last_seq=0,
+                            subscribers=len(state.subscriptions),
+                        )
+                    )
+        return out
+
+    def subscriber_count(self) -> int:
+        """Live subscriptions across all sessions (for metrics)."""
+        return sum(len(s.subscriptions) for s in self._sessions.values())
+
+    def queued(self, session_id: str) -> int:
+        state = self._sessions.get(session_id)
+        return len(state.queue) if state is not None else 0
+
+    # Eviction --------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Evict completed runs older than the TTL whose events are all on disk.
+
+        Returns how many runs were evicted. Cheap when there is nothing to do: it looks at
+        the oldest completed run only.
+        """
+        horizon = self._clock.now() - self.run_ttl
+        finished = self._finished
+        evicted = 0
+        while finished and finished[0][0] <= horizon:
+            run = finished[0][1]
+            if self._store.durable_seq(run.run_id) < run.last_seq:
+                break  # Not on disk yet: the buffer must keep it. Try again later.
+            finished.popleft()
+            self._evict(run)
+            evicted += 1
+        self.stats.evicted += evicted
+        return evicted
+
+    def _evict(self, run: Run) -> None:
+        state = run.session
+        # Identity checks: an old run never removes a newer one that replaced it.
+        if self._runs.get(run.run_id) is run:
+            del self._runs[run.run_id]
+        if run in state.runs:
+            state.runs.remove(run)
+        if run.client_msg_id and state.msg_ids.get(run.client_msg_id) == run.run_id:
+            del state.msg_ids[run.client_msg_id]
+        if state.idle() and self._sessions.get(state.session_id) is state:
+            del self._sessions[state.session_id]
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self.run_ttl / 4, 0.05), 30.0) if math.isfinite(self.run_ttl) else 30.0
+        while True:
+            await anyio.sleep(interval)
+            self.sweep()
+            self._drop_idle_sessions()
+
+    def _drop_idle_sessions(self) -> None:
+        idle = [sid for sid, state in self._sessions.items() if state.idle()]
+        for sid in idle:
+            del self._sessions[sid]
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a deleted session: end its run, close its subscriptions, forget its runs."""
+        state = self._sessions.pop(session_id, None)
+        if state is None:
+            return
+        state.queue.clear()
+        run = self._running.get(session_id)
+        if run is not None:
+            self._finish(run, reason="aborted")
+        for sub in list(state.subscriptions):
+            sub.close()
+        for run in state.runs:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+        state.runs.clear()
+
+    # Helpers ---------------------------------------------------------------------------
+
+    def _state(self, session_id: str, owner: str) -> SessionState:
+        state = self._sessions.get(session_id)
+        if state is None:
+            state = self._sessions[session_id] = SessionState(session_id, owner)
+        return state
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _new_run_id(self) -> str:
+        return new_run_id(self._now_ms())
+
+
+def _scrub(data: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """A copy of ``data`` with provider session ids replaced by the app's."""
+    clean = {k: v for k, v in data.items() if k != "provider_session_id"}
+    for key in ("session_id", "sessionId", "actual_session_id"):
+        if key in clean:
+            clean[key] = session_id
+    return clean
+
+
+def _complete_fields(data: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """A provider's ``complete`` data with every protocol field present and valid."""
+    extra = _scrub(data, session_id)
+    reason = extra.get("reason")
+    error = extra.get("error") if isinstance(extra.get("error"), str) else None
+    exit_code = extra.get("exit_code")
+    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+        exit_code = None
+    if reason not in _OUTCOMES:
+        reason = "error" if error is not None else "done"
+    outcome = cast(Outcome, reason)
+    success = extra.get("success") if isinstance(extra.get("success"), bool) else None
+    fields = complete_data(
+        session_id, reason=outcome, exit_code=exit_code, error=error, success=success
+    )
+    extra.update(fields)
+    return extra
+
+
+@asynccontextmanager
+async def _closing(iterator: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close an async generator on the way out, so its own cleanup runs in this task."""
+    try:
+        yield
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

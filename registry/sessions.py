@@ -1,0 +1,87 @@
+"""Per-session state held by the in-memory registry."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .run import Run
+    from .subscription import Subscription
+
+
+class RunContext(NamedTuple):
+    """What a source is told about the run it produces events for."""
+
+    session_id: str
+    run_id: str
+    owner: str
+    content: str
+    client_msg_id: str | None
+
+
+Source = Callable[[RunContext], AsyncIterator[tuple[str, dict[str, Any]]]]
+"""Produces a run's events (``(kind, data)`` pairs) after the ``user_message``.
+
+Cancelling the task that iterates it is the abort: a source must stop its underlying work
+when cancelled. A source that raises ends its run with a ``complete`` of reason ``error``;
+one that ends without a ``complete`` gets a synthetic ``done``.
+"""
+
+
+class PendingStart(NamedTuple):
+    """A start waiting in a session's queue (or about to run)."""
+
+    run_id: str
+    provider: str
+    content: str
+    client_msg_id: str | None
+    source: Source | None
+
+
+class SessionState:
+    """One session as the registry holds it in memory.
+
+    ``runs`` are the session's runs still in memory, oldest first; they are always the most
+    recent runs of the session, because runs complete in order and are evicted in order.
+    """
+
+    __slots__ = (
+        "msg_ids",
+        "owner",
+        "queue",
+        "runs",
+        "session_id",
+        "started",
+        "subscriptions",
+        "waiters",
+    )
+
+    def __init__(self, session_id: str, owner: str) -> None:
+        self.session_id = session_id
+        self.owner = owner
+        self.runs: deque[Run] = deque()
+        self.subscriptions: set[Subscription] = set()
+        self.waiters: list[Callable[[], None]] = []
+        self.queue: deque[PendingStart] = deque()
+        # client_msg_id -> run_id, for runs in memory and queued starts.
+        self.msg_ids: dict[str, str] = {}
+        # How many runs this state has started: run ordinals are 0, 1, 2 ...
+        self.started = 0
+
+    @property
+    def latest(self) -> Run | None:
+        return self.runs[-1] if self.runs else None
+
+    def wake(self) -> None:
+        """Tell every armed subscription that something changed. Each is told once."""
+        waiters = self.waiters
+        if waiters:
+            self.waiters = []
+            for callback in waiters:
+                callback()
+
+    def idle(self) -> bool:
+        """Nothing left worth keeping in memory."""
+        return not (self.runs or self.subscriptions or self.queue)

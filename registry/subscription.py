@@ -1,0 +1,233 @@
+"""A subscriber's cursor over a session's runs.
+
+A subscription holds no queue of its own: its pending events are the slice of the run's
+replay buffer between its cursor and the end. Publishing therefore costs nothing per
+subscriber, and a subscriber that falls further behind than the buffer holds finds its
+cursor overrun and ends with :class:`Lagged`. That is the bound on memory, whatever a
+client does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+
+from .events import Event, Position, RunSummary
+
+if TYPE_CHECKING:
+    from .run import Run
+    from .sessions import SessionState
+
+
+class Lagged(Exception):
+    """The subscription fell behind the buffer and has ended.
+
+    Resubscribing from ``(run_id, last_seq)`` loses nothing.
+    """
+
+    def __init__(self, session_id: str, run_id: str | None, last_seq: int) -> None:
+        super().__init__(f"subscription to {session_id} lagged after {run_id}:{last_seq}")
+        self.session_id = session_id
+        self.run_id = run_id
+        self.last_seq = last_seq
+
+
+class SubscriptionClosed(Exception):
+    """The subscription was closed (unsubscribed) and delivers nothing more."""
+
+
+class SubscribeInfo(msgspec.Struct):
+    """What the protocol's ``subscribed`` frame reports."""
+
+    session_id: str
+    run: RunSummary | None
+    is_processing: bool
+    recovered: bool
+    replayed: int
+    first_available: Position | None = None
+
+
+class Subscription:
+    """Delivers a session's events once each, in order, from a position, then live.
+
+    Use :meth:`next_batch` (or ``async for batch in sub``) in a task, or, to multiplex many
+    subscriptions in one writer, :meth:`pull` until it returns ``[]`` and then :meth:`arm`
+    a wake-up callback.
+    """
+
+    __slots__ = (
+        "_lagged",
+        "_last_run",
+        "_last_seq",
+        "_next",
+        "_prefix",
+        "_run",
+        "_session",
+        "_want",
+        "closed",
+        "info",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        session: SessionState,
+        run: Run | None,
+        next_seq: int,
+        last: tuple[str | None, int],
+    ) -> None:
+        self.session_id = session.session_id
+        self._session = session
+        # Cursor: the run being read and the next seq to deliver from it. With no run, the
+        # subscription waits for the session's run of ordinal ``_want``.
+        self._run = run
+        self._next = next_seq
+        self._want = session.started
+        self._prefix: list[Event] = []
+        self._last_run, self._last_seq = last
+        self._lagged: Lagged | None = None
+        self.closed = False
+        self.info: SubscribeInfo | None = None
+
+    @property
+    def position(self) -> tuple[str | None, int]:
+        """The last position delivered (or the requested one, before any delivery)."""
+        return self._last_run, self._last_seq
+
+    def pending(self) -> int:
+        """How many events are available to :meth:`pull` right now, across runs."""
+        count = len(self._prefix)
+        run, nxt = self._run, self._next
+        if run is None:
+            run = self._first_wanted()
+            nxt = 1
+        while run is not None:
+            count += max(0, run.buffer.last_seq - max(nxt, run.buffer.first_seq) + 1)
+            run, nxt = run.next, 1
+        return count
+
+    def ready(self) -> bool:
+        """Whether :meth:`pull` would return something (or raise :class:`Lagged`)."""
+        if self._prefix or self._lagged is not None:
+            return True
+        run = self._run
+        if run is None:
+            return self._first_wanted() is not None
+        return self._next <= run.buffer.last_seq or (run.done and run.next is not None)
+
+    def pull(self, limit: int | None = None) -> list[Event]:
+        """Take the events available now, at most ``limit``; ``[]`` when there are none.
+
+        Raises :class:`Lagged` (once, after delivering everything still deliverable) when
+        the cursor was overrun, and then the subscription is closed.
+        """
+        if self.closed:
+            return []
+        out: list[Event] = []
+        if self._prefix:
+            out = self._take_prefix(limit)
+        while limit is None or len(out) < limit:
+            run = self._run
+            if run is None:
+                run = self._first_wanted()
+                if run is None:
+                    break
+                if run.ordinal != self._want:
+                    # The run this subscription waited for was evicted before it was read.
+                    self._lag()
+                    break
+                self._run, self._next = run, 1
+            buffer = run.buffer
+            nxt = self._next
+            if nxt <= buffer.last_seq:
+                if nxt < buffer.first_seq:
+                    self._lag()
+                    break
+                stop = None if limit is None else nxt + limit - len(out)
+                chunk = buffer.read(nxt, stop)
+                if out:
+                    out.extend(chunk)
+                else:
+                    out = chunk
+                self._next = nxt + len(chunk)
+                continue
+            if run.done and run.next is not None:
+                self._run, self._next = run.next, 1
+                continue
+            break
+        if out:
+            last = out[-1]
+            self._last_run, self._last_seq = last.run_id, last.seq
+        elif self._lagged is not None:
+            lagged = self._lagged
+            self.close()
+            raise lagged
+        return out
+
+    def arm(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once when the session next changes.
+
+        Returns ``False`` (and arms nothing) when there is already something to pull or
+        the subscription is closed: the caller should pull instead of waiting.
+        """
+        if self.closed or self.ready():
+            return False
+        self._session.waiters.append(callback)
+        return True
+
+    async def next_batch(self, limit: int | None = None) -> list[Event]:
+        """Wait for and return the next events. Raises :class:`Lagged` or
+        :class:`SubscriptionClosed` when the subscription ends."""
+        while True:
+            batch = self.pull(limit)
+            if batch:
+                return batch
+            if self.closed:
+                raise SubscriptionClosed(self.session_id)
+            changed = anyio.Event()
+            if self.arm(changed.set):
+                await changed.wait()
+
+    def __aiter__(self) -> AsyncIterator[list[Event]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[Event]]:
+        try:
+            while True:
+                yield await self.next_batch()
+        except SubscriptionClosed:
+            return
+
+    def close(self) -> None:
+        """Stop delivering. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._prefix = []
+            self._session.subscriptions.discard(self)
+            # Wake a task blocked in next_batch so it sees the close.
+            self._session.wake()
+
+    # Internal --------------------------------------------------------------------------
+
+    def _set_prefix(self, events: list[Event]) -> None:
+        self._prefix = events
+
+    def _take_prefix(self, limit: int | None) -> list[Event]:
+        prefix = self._prefix
+        if limit is None or len(prefix) <= limit:
+            self._prefix = []
+            return prefix
+        self._prefix = prefix[limit:]
+        return prefix[:limit]
+
+    def _first_wanted(self) -> Run | None:
+        for run in self._session.runs:
+            if run.ordinal >= self._want:
+                return run
+        return None
+
+    def _lag(self) -> None:
+        self._lagged = Lagged(self.session_id, self._last_run, self._last_seq)
