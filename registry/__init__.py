@@ -6,7 +6,7 @@ Knows nothing of HTTP, WebSockets or any provider. Create a :class:`MemoryRegist
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import QueueFull, RegistryError, RunInProgress, ShuttingDown, UnknownRun
-from .events import COMPLETE, SESSION_CREATED, USER_MESSAGE, Emit, Event, Position, RunSummary
+from .events import COMPLETE, SESSION_CREATED, USER_MESSAGE, Emit, Event, Position, RunSummary, Turn
 from .hooks import NullPersistence, Persistence
 from .memory import MemoryRegistry, Policy, RegistryStats, RunNotice, StartResult
 from .protocol import RunRegistry
@@ -42,5 +42,6 @@ __all__ = [
     "Subscription",
     "SubscriptionClosed",
     "SystemClock",
+    "Turn",
     "UnknownRun",
 ]

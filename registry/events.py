@@ -30,6 +30,13 @@ class Emit(NamedTuple):
     data: dict[str, Any]
 
 
+class Turn(NamedTuple):
+    """One side of an earlier exchange, for providers that keep no server-side conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class Position(NamedTuple):
     """Where an event stands: the run and the seq inside it."""
 
