@@ -3,7 +3,8 @@
 An :class:`Event` is created once by the registry when it is published and then shared:
 the replay buffer, every subscriber and the store all hold the same object. Its wire form
 (the protocol's ``event`` frame) is encoded at most once, on first use, and cached, so a
-hundred subscribers cost one encoding.
+hundred subscribers cost one encoding. It is cached as ``str`` because WebSocket text
+messages are ``str`` at the ASGI boundary.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ class Event(msgspec.Struct, gc=False):
     kind: str
     ts: int
     data: dict[str, Any]
-    wire: bytes | None = None
+    wire: str | None = None
 
     @property
     def position(self) -> Position:
         return Position(self.run_id, self.seq)
 
-    def frame(self) -> bytes:
-        """The protocol ``event`` frame as JSON bytes, encoded once and cached."""
+    def frame(self) -> str:
+        """The protocol ``event`` frame as JSON text, encoded once and cached."""
         wire = self.wire
         if wire is None:
             wire = self.wire = _json.encode(
@@ -73,7 +74,7 @@ class Event(msgspec.Struct, gc=False):
                     "ts": self.ts,
                     "data": self.data,
                 }
-            )
+            ).decode()
         return wire
 
 

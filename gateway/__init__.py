@@ -1,0 +1,1 @@
+"""runwire's gateway: the Starlette app serving WebSocket, HTTP and SSE clients."""

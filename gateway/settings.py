@@ -1,0 +1,59 @@
+"""Server settings: one typed object, built by the CLI or by an embedding application."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with. Defaults are the embedded defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    db: str = "./runwire.db"
+    provider: str = "echo"
+    # token -> user. Empty means: no auth configured (the CLI then makes one for `local`).
+    tokens: dict[str, str] = field(default_factory=dict)
+    # Browser Origins allowed on the WebSocket handshake, besides the server's own host.
+    origins: tuple[str, ...] = ()
+    buffer_size: int = 5000
+    run_ttl: float = 300.0
+    queue_limit: int = 10
+    max_frame: int = 1 << 20
+    log_format: str = "text"
+    # Seconds running runs get to finish on shutdown before they are aborted.
+    shutdown_grace: float = 10.0
+    # Seconds between server WebSocket pings.
+    ping_interval: float = 20.0
+    # Per-user `send` rate limit: a token bucket of `send_burst` refilled at `send_rate`/s.
+    send_rate: float = 5.0
+    send_burst: int = 20
+    # Frames queued to one connection before its slowest subscription is dropped (lagged).
+    outbound_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535 or self.port == 0, "port must be in 0..65535"),
+            (self.buffer_size >= 1, "buffer-size must be at least 1"),
+            (self.run_ttl >= 0, "run-ttl must not be negative"),
+            (self.queue_limit >= 0, "queue-limit must not be negative"),
+            (self.max_frame >= 1024, "max-frame must be at least 1024 bytes"),
+            (self.log_format in ("text", "json"), "log-format must be text or json"),
+            (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
+            (self.send_rate > 0 and self.send_burst >= 1, "send rate limit must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
