@@ -31,7 +31,7 @@ from .events import (
     complete_data,
 )
 from .hooks import NullPersistence, Persistence, has_history
-from .ids import new_run_id
+from .ids import RunIds
 from .run import Run
 from .sessions import PendingStart, RunContext, SessionState, Source
 from .subscription import SubscribeInfo, Subscription
@@ -42,10 +42,13 @@ Policy = Literal["reject", "enqueue", "interrupt"]
 StartStatus = Literal["started", "queued", "duplicate"]
 
 _OUTCOMES: frozenset[str] = frozenset(("done", "aborted", "interrupted", "error", "server_restart"))
+_POLICIES: frozenset[str] = frozenset(("reject", "enqueue", "interrupt"))
 # Keys under which a provider might put its own session id; they never leave the registry.
 _ID_KEYS: frozenset[str] = frozenset(
     ("session_id", "sessionId", "actual_session_id", "provider_session_id")
 )
+# Where a ``session_created`` event may carry the provider's id, most explicit first.
+_CREATED_KEYS = ("provider_session_id", "session_id", "sessionId", "actual_session_id")
 
 
 class StartResult(NamedTuple):
@@ -115,6 +118,7 @@ class MemoryRegistry:
         self._listeners: list[Callable[[RunNotice], None]] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closing = False
+        self._run_ids = RunIds()
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -176,6 +180,9 @@ class MemoryRegistry:
         start (bounded: :class:`QueueFull`); ``interrupt`` ends the running run with
         ``reason: "interrupted"`` and starts this one at once.
         """
+        if policy not in _POLICIES:
+            # Anything unrecognised would otherwise fall through to ``interrupt``.
+            raise ValueError(f"policy must be reject, enqueue or interrupt, not {policy!r}")
         if self._closing:
             raise ShuttingDown()
         if source is not None and self._task_group is None:
@@ -231,9 +238,11 @@ class MemoryRegistry:
             state, pending.run_id, pending.provider, now, self.buffer_size, pending.client_msg_id
         )
         state.started += 1
-        previous = state.latest
+        # Not ``state.latest``: that may have been evicted while a subscription waits on it.
+        previous = state.last_run
         if previous is not None:
             previous.next = run
+        state.last_run = run
         state.runs.append(run)
         self._runs[run.run_id] = run
         self._running[state.session_id] = run
@@ -262,10 +271,14 @@ class MemoryRegistry:
                 events = source(context)
                 async with _closing(events):
                     async for item in events:
-                        kind, data = item
-                        if not isinstance(kind, str) or not isinstance(data, dict):
+                        if not (
+                            isinstance(item, tuple)
+                            and len(item) == 2
+                            and isinstance(item[0], str)
+                            and isinstance(item[1], dict)
+                        ):
                             raise TypeError(f"source yielded {item!r}, not (kind, data)")
-                        self._publish(run, kind, data)
+                        self._publish(run, item[0], item[1])
                         if run.done:
                             break
             except Exception as exc:
@@ -287,6 +300,10 @@ class MemoryRegistry:
         run = self._running.get(session_id)
         if run is None:
             self.stats.dropped += 1
+            # A late event belongs to the run that last ended; count it there too.
+            state = self._sessions.get(session_id)
+            if state is not None and state.latest is not None:
+                state.latest.dropped += 1
             return None
         return self._publish(run, kind, data)
 
@@ -298,7 +315,7 @@ class MemoryRegistry:
         if kind == COMPLETE:
             return self._complete(run, data, cancel=False)
         if kind == SESSION_CREATED:
-            pid = data.get("provider_session_id") or data.get("session_id")
+            pid = next((data[k] for k in _CREATED_KEYS if data.get(k)), None)
             if isinstance(pid, str):
                 self._record_provider_id(run, pid)
             return None
@@ -322,7 +339,7 @@ class MemoryRegistry:
         if run is None:
             state = self._sessions.get(session_id)
             run = state.latest if state is not None else None
-        if run is None:
+        if run is None or not provider_session_id:
             return False
         self._record_provider_id(run, provider_session_id)
         return True
@@ -456,7 +473,11 @@ class MemoryRegistry:
             target = self._runs.get(run_id)
             if target is not None and target.session is not state:
                 raise UnknownRun(session_id, run_id)
-        if target is not None and after_seq + 1 >= target.buffer.first_seq:
+        if (
+            target is not None
+            and after_seq + 1 >= target.buffer.first_seq
+            and _memory_start(target) is target
+        ):
             # Everything asked for is in memory.
             after = min(after_seq, target.last_seq)
             sub = Subscription(state, target, after + 1, (target.run_id, after))
@@ -469,11 +490,20 @@ class MemoryRegistry:
         self, state: SessionState, target: Run | None, run_id: str | None, after_seq: int
     ) -> Subscription:
         # Delivery from memory starts at the boundary: the oldest buffered event of the
-        # target run, or else of the session's oldest run in memory, or else its next run.
-        boundary = target if target is not None else (state.runs[0] if state.runs else None)
+        # target run, or else of the session's oldest run in memory, or else its next run;
+        # but of a later run instead if that one's buffer no longer reaches back to seq 1.
+        first = target if target is not None else (state.runs[0] if state.runs else None)
+        boundary = _memory_start(first) if first is not None else None
         if boundary is not None:
-            sub = Subscription(state, boundary, boundary.buffer.first_seq, (run_id, after_seq))
-            before: Position | None = Position(boundary.run_id, boundary.buffer.first_seq)
+            buffer = boundary.buffer
+            start_seq = buffer.first_seq
+            if len(buffer) == buffer.capacity and has_history(self._store):
+                # A full buffer drops its oldest event on every publish: a cursor there would
+                # be overrun by the first event published while the store is read or the
+                # replay is sent. Start it halfway in; the store supplies the rest.
+                start_seq += buffer.capacity // 2
+            sub = Subscription(state, boundary, start_seq, (run_id, after_seq))
+            before: Position | None = Position(boundary.run_id, start_seq)
         else:
             sub = Subscription(state, None, 1, (run_id, after_seq))
             before = None
@@ -484,8 +514,13 @@ class MemoryRegistry:
         read = self._store.read_history
         try:
             if run_id is None:
-                latest = await self._store.latest_run(state.session_id)
-                after = Position(latest.run_id, after_seq) if latest is not None else None
+                # The latest run is the one in memory when there is one: the store's newest
+                # may not be written yet.
+                latest_id = target.run_id if target is not None else None
+                if latest_id is None:
+                    latest = await self._store.latest_run(state.session_id)
+                    latest_id = latest.run_id if latest is not None else None
+                after = Position(latest_id, after_seq) if latest_id is not None else None
                 # No run in the log either: the session has no events yet.
                 events = [] if after is None else await read(state.session_id, after, before)
             else:
@@ -662,7 +697,19 @@ class MemoryRegistry:
         return int(self._clock.now() * 1000)
 
     def _new_run_id(self) -> str:
-        return new_run_id(self._now_ms())
+        return self._run_ids.new(self._now_ms())
+
+
+def _memory_start(first: Run) -> Run:
+    """The run whose oldest buffered event starts what memory holds without a gap from
+    ``first`` on: the newest later run whose buffer lost its start, else ``first``."""
+    start = first
+    run = first.next
+    while run is not None:
+        if run.buffer.first_seq > 1:
+            start = run
+        run = run.next
+    return start
 
 
 def _scrub(data: dict[str, Any], session_id: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class SessionState:
     """
 
     __slots__ = (
+        "last_run",
         "msg_ids",
         "owner",
         "queue",
@@ -69,6 +70,9 @@ class SessionState:
         self.msg_ids: dict[str, str] = {}
         # How many runs this state has started: run ordinals are 0, 1, 2 ...
         self.started = 0
+        # The newest run started, even once evicted: a subscription that has read all of it
+        # waits on it, and must be linked to the session's next run whenever that starts.
+        self.last_run: Run | None = None
 
     @property
     def latest(self) -> Run | None:

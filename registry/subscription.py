@@ -115,7 +115,7 @@ class Subscription:
             return True
         run = self._run
         if run is None:
-            return self._first_wanted() is not None
+            return self._first_wanted() is not None or self._missed()
         return self._next <= run.buffer.last_seq or (run.done and run.next is not None)
 
     def pull(self, limit: int | None = None) -> list[Event]:
@@ -134,6 +134,8 @@ class Subscription:
             if run is None:
                 run = self._first_wanted()
                 if run is None:
+                    if self._missed():
+                        self._lag()
                     break
                 if run.ordinal != self._want:
                     # The run this subscription waited for was evicted before it was read.
@@ -228,6 +230,11 @@ class Subscription:
             if run.ordinal >= self._want:
                 return run
         return None
+
+    def _missed(self) -> bool:
+        """With no run to read in memory: whether the run this subscription waits for
+        already started (and so was evicted before it was read)."""
+        return self._session.started > self._want
 
     def _lag(self) -> None:
         self._lagged = Lagged(self.session_id, self._last_run, self._last_seq)
