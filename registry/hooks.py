@@ -7,6 +7,7 @@ off the hot path (a subscribe whose position is older than memory, an idempotenc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .events import Event, Position, RunSummary
@@ -29,6 +30,13 @@ class Persistence(Protocol):
 
     def durable_seq(self, run_id: str) -> int:
         """The highest seq of ``run_id`` known to be on disk (0 for none)."""
+
+    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+        """Arrange for ``callback(run_id, seq)`` after each commit that makes a run's events
+        up to ``seq`` durable. Returns whether it will: a registry whose store does, delivers
+        an event only once it is on disk, so a client never holds an event that a crash
+        could lose (and a restarted run's ``complete`` never reuses a seq a client saw).
+        """
 
     async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
         """The run_id of the run a ``client_msg_id`` already started in the session, if any."""
@@ -66,6 +74,9 @@ class NullPersistence:
     def durable_seq(self, run_id: str) -> int:
         # Nothing will ever be on disk, so nothing is waited for: eviction goes by TTL alone.
         return 1 << 62
+
+    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+        return False
 
     async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
         return None

@@ -119,6 +119,7 @@ class MemoryRegistry:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closing = False
         self._run_ids = RunIds()
+        self._gated = self._store.watch_durable(self._on_durable)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -237,6 +238,8 @@ class MemoryRegistry:
         run = Run(
             state, pending.run_id, pending.provider, now, self.buffer_size, pending.client_msg_id
         )
+        if self._gated:
+            run.durable = 0
         state.started += 1
         # Not ``state.latest``: that may have been evicted while a subscription waits on it.
         previous = state.last_run
@@ -332,6 +335,14 @@ class MemoryRegistry:
         if state.waiters:
             state.wake()
         return event
+
+    def _on_durable(self, run_id: str, seq: int) -> None:
+        """The store committed ``run_id`` up to ``seq``: let subscribers have those events."""
+        run = self._runs.get(run_id)
+        if run is not None and seq > run.durable:
+            run.durable = seq
+            if run.session.waiters:
+                run.session.wake()
 
     def record_provider_session(self, session_id: str, provider_session_id: str) -> bool:
         """Record the provider-native id on the session's running (or latest) run."""

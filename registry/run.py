@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from .sessions import SessionState
 
 
+ALL_DURABLE = 1 << 62
+
+
 class Run:
     """One provider turn: its numbering, its buffer and how it ended.
 
@@ -26,6 +29,7 @@ class Run:
         "client_msg_id",
         "completed_at",
         "dropped",
+        "durable",
         "next",
         "ordinal",
         "outcome",
@@ -62,6 +66,9 @@ class Run:
         self.cancel_scope: anyio.CancelScope | None = None
         # Events refused because the run had already completed (late or duplicate complete).
         self.dropped = 0
+        # The highest seq that may be delivered: events past it are not on disk yet. A
+        # registry whose store does not report commits delivers everything at once.
+        self.durable = ALL_DURABLE
 
     @property
     def last_seq(self) -> int:

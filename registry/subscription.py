@@ -105,7 +105,8 @@ class Subscription:
             run = self._first_wanted()
             nxt = 1
         while run is not None:
-            count += max(0, run.buffer.last_seq - max(nxt, run.buffer.first_seq) + 1)
+            end = min(run.buffer.last_seq, run.durable)
+            count += max(0, end - max(nxt, run.buffer.first_seq) + 1)
             run, nxt = run.next, 1
         return count
 
@@ -116,7 +117,10 @@ class Subscription:
         run = self._run
         if run is None:
             return self._first_wanted() is not None or self._missed()
-        return self._next <= run.buffer.last_seq or (run.done and run.next is not None)
+        nxt = self._next
+        if nxt <= run.buffer.last_seq:
+            return nxt <= run.durable
+        return run.done and run.next is not None
 
     def pull(self, limit: int | None = None) -> list[Event]:
         """Take the events available now, at most ``limit``; ``[]`` when there are none.
@@ -144,11 +148,13 @@ class Subscription:
                 self._run, self._next = run, 1
             buffer = run.buffer
             nxt = self._next
-            if nxt <= buffer.last_seq:
+            # Deliver only what is durable, so no client sees an event a crash could lose.
+            end = buffer.last_seq if buffer.last_seq <= run.durable else run.durable
+            if nxt <= end:
                 if nxt < buffer.first_seq:
                     self._lag()
                     break
-                stop = None if limit is None else nxt + limit - len(out)
+                stop = end + 1 if limit is None else min(end + 1, nxt + limit - len(out))
                 chunk = buffer.read(nxt, stop)
                 if out:
                     out.extend(chunk)
@@ -156,7 +162,7 @@ class Subscription:
                     out = chunk
                 self._next = nxt + len(chunk)
                 continue
-            if run.done and run.next is not None:
+            if nxt > buffer.last_seq and run.done and run.next is not None:
                 self._run, self._next = run.next, 1
                 continue
             break

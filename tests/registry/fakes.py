@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -44,6 +45,9 @@ class FakeStore:
         self.gate: anyio.Event | None = None
         self.reading: anyio.Event | None = None
         self.snapshot = False
+        # With ``gating``, the registry delivers only what flush() has made durable.
+        self.gating = False
+        self.on_durable: Callable[[str, int], None] | None = None
 
     # Write side ----------------------------------------------------------------------
 
@@ -66,10 +70,17 @@ class FakeStore:
             return self.appended_seq(run_id)
         return self.durable.get(run_id, 0)
 
+    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+        self.on_durable = callback
+        return self.gating
+
     def flush(self) -> None:
-        """Mark everything appended so far as durable."""
+        """Mark everything appended so far as durable (and say so, when gating)."""
         for event in self.events:
             self.durable[event.run_id] = event.seq
+        if self.gating and self.on_durable is not None:
+            for run_id, seq in list(self.durable.items()):
+                self.on_durable(run_id, seq)
 
     # Read side -----------------------------------------------------------------------
 

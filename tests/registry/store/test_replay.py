@@ -1,0 +1,256 @@
+"""Replay past the buffer: read_history as documented in registry/hooks.py, and a
+MemoryRegistry subscriber served from the log then the buffer, with no gap and no dup."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from registry import Event, ManualClock, MemoryRegistry, Position, RunSummary, Subscription
+from registry.store import SQLiteStore
+
+OWNER = "ann"
+
+
+def positions(events: list[Event]) -> list[tuple[str, int]]:
+    return [(e.run_id, e.seq) for e in events]
+
+
+def drain(sub: Subscription) -> list[Event]:
+    out: list[Event] = []
+    while batch := sub.pull():
+        out.extend(batch)
+    return out
+
+
+def assert_gapless(events: list[Event], runs: list[str], *, start: tuple[str, int]) -> None:
+    """Runs in start order, seqs consecutive, starting right after ``start``."""
+    expected_run, expected_seq = start[0], start[1] + 1
+    order = runs.index(expected_run)
+    for event in events:
+        if event.run_id != expected_run:
+            order += 1
+            assert event.run_id == runs[order], "runs out of start order"
+            expected_run, expected_seq = event.run_id, 1
+        assert event.seq == expected_seq, f"gap or dup at {event.run_id}:{event.seq}"
+        expected_seq += 1
+
+
+async def session_with_runs(
+    store: SQLiteStore, registry: MemoryRegistry, counts: list[int]
+) -> tuple[str, list[str]]:
+    """A session whose runs publish ``count`` text events each and complete."""
+    sid = (await store.create_session(owner=OWNER, provider="echo")).session_id
+    runs = []
+    for n, count in enumerate(counts):
+        run_id = (await registry.start(sid, owner=OWNER, content=f"question {n}")).run_id
+        runs.append(run_id)
+        for i in range(count):
+            registry.publish(sid, "text", {"text": f"{n}.{i}"})
+        if n < len(counts) - 1:
+            registry.complete_run(sid, exit_code=0)
+    return sid, runs
+
+
+# read_history itself ----------------------------------------------------------------------
+
+
+async def test_read_history_bounds(store: SQLiteStore) -> None:
+    registry = MemoryRegistry(store=store)
+    sid, (r1, r2, r3) = await session_with_runs(store, registry, [2, 3, 1])
+    everything = await store.read_history(sid, None, None)
+    assert everything is not None
+    # r1: user, 2 texts, complete; r2: user, 3 texts, complete; r3: user, 1 text (running).
+    assert positions(everything) == (
+        [(r1, s) for s in range(1, 5)] + [(r2, s) for s in range(1, 6)] + [(r3, 1), (r3, 2)]
+    )
+    assert everything[0].kind == "user_message"
+    assert everything[0].data == {"content": "question 0"}
+    assert all(e.session_id == sid for e in everything)
+    middle = await store.read_history(sid, Position(r1, 3), Position(r2, 3))
+    assert middle is not None
+    assert positions(middle) == [(r1, 4), (r2, 1), (r2, 2)]
+    assert await store.read_history(sid, Position(r2, 2), Position(r2, 3)) == []
+    tail = await store.read_history(sid, Position(r2, 5), None)
+    assert tail is not None
+    assert positions(tail) == [(r3, 1), (r3, 2)]
+    # A `before` run the log does not have bounds nothing.
+    unbounded = await store.read_history(sid, Position(r3, 1), Position("UNKNOWN", 1))
+    assert unbounded is not None
+    assert positions(unbounded) == [(r3, 2)]
+
+
+async def test_read_history_of_a_position_that_is_not_the_sessions(store: SQLiteStore) -> None:
+    registry = MemoryRegistry(store=store)
+    sid, _ = await session_with_runs(store, registry, [1])
+    _other, (other_run,) = await session_with_runs(store, registry, [1])
+    assert await store.read_history(sid, Position("NO-SUCH-RUN", 0), None) is None
+    assert await store.read_history(sid, Position(other_run, 0), None) is None
+    assert await store.read_history("no-such-session", None, None) == []
+
+
+async def test_runs_come_in_start_order_not_id_order(store: SQLiteStore) -> None:
+    sid = (await store.create_session(owner=OWNER, provider="p")).session_id
+    # Same millisecond, ids that sort the other way round.
+    for run_id in ("01ZZZZ", "01AAAA"):
+        store.run_started(
+            RunSummary(run_id, sid, "p", "running", 5, None, 0, 0), client_msg_id=None
+        )
+        store.append(Event(sid, run_id, 1, "user_message", 5, {"content": run_id}))
+    history = await store.read_history(sid, None, None)
+    assert history is not None
+    assert positions(history) == [("01ZZZZ", 1), ("01AAAA", 1)]
+    after_first = await store.read_history(sid, Position("01ZZZZ", 1), None)
+    assert after_first is not None
+    assert positions(after_first) == [("01AAAA", 1)]
+
+
+async def test_read_history_sees_what_was_just_published(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    try:
+        registry = MemoryRegistry(store=store)
+        sid, (run_id,) = await session_with_runs(store, registry, [10])
+        assert store.stats.backlog == 11
+        history = await store.read_history(sid, Position(run_id, 5), None)
+        assert history is not None
+        assert [e.seq for e in history] == list(range(6, 12))
+    finally:
+        await store.close()
+
+
+# Through MemoryRegistry -------------------------------------------------------------------
+
+
+async def test_a_position_older_than_the_buffer_is_served_from_the_log(
+    store: SQLiteStore,
+) -> None:
+    registry = MemoryRegistry(store=store, buffer_size=4)
+    sid, (r1, r2) = await session_with_runs(store, registry, [10, 2])
+    sub = await registry.subscribe(sid, owner=OWNER, run_id=r1, after_seq=2)
+    assert sub.info is not None
+    assert sub.info.recovered is True
+    assert sub.info.first_available is None
+    got = drain(sub)
+    assert sub.info.replayed == len(got)
+    assert_gapless(got, [r1, r2], start=(r1, 2))
+    assert got[-1].position == Position(r2, 3)
+    # ...then live, from the buffer.
+    registry.publish(sid, "text", {"text": "live"})
+    # Delivered once it is on disk, never before.
+    assert drain(sub) == []
+    await store.flush()
+    assert positions(drain(sub)) == [(r2, 4)]
+
+
+async def test_a_later_run_longer_than_the_buffer_is_also_served_from_the_log(
+    store: SQLiteStore,
+) -> None:
+    registry = MemoryRegistry(store=store, buffer_size=4)
+    sid, (r1, r2) = await session_with_runs(store, registry, [10, 10])
+    sub = await registry.subscribe(sid, owner=OWNER, run_id=r1, after_seq=2)
+    got = drain(sub)
+    assert_gapless(got, [r1, r2], start=(r1, 2))
+    assert got[-1].position == Position(r2, 11)
+
+
+async def test_an_evicted_run_is_served_from_the_log_then_the_next_run_live(
+    store: SQLiteStore, clock: ManualClock
+) -> None:
+    registry = MemoryRegistry(store=store, clock=clock, run_ttl=60, buffer_size=8)
+    sid, (r1, r2) = await session_with_runs(store, registry, [20, 3])
+    await store.flush()
+    clock.advance(61)
+    assert registry.sweep() == 1
+    assert registry.get_run(r1) is None
+    for after_seq in (0, 5, 22):
+        sub = await registry.subscribe(sid, owner=OWNER, run_id=r1, after_seq=after_seq)
+        assert sub.info is not None
+        assert sub.info.recovered
+        got = drain(sub)
+        assert_gapless(got, [r1, r2], start=(r1, after_seq))
+        assert got[-1].position == Position(r2, 4)
+        sub.close()
+
+
+async def test_eviction_waits_for_the_disk(
+    db_path: Path, clock: ManualClock, store_log: object
+) -> None:
+    store = await SQLiteStore.open(db_path, clock=clock, busy_timeout=0)
+    try:
+        registry = MemoryRegistry(store=store, clock=clock, run_ttl=0)
+        sid = (await store.create_session(owner=OWNER, provider="p")).session_id
+        await store.flush()
+        retried = store_log("retrying")  # type: ignore[operator]
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            run_id = (await registry.start(sid, owner=OWNER, content="q")).run_id
+            registry.complete_run(sid, exit_code=0)
+            await retried.seen.wait()
+            clock.advance(1)
+            # Completed and past its TTL, but not on disk: the buffer must keep it.
+            assert registry.sweep() == 0
+            assert registry.get_run(run_id) is not None
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await store.flush()
+        assert registry.sweep() == 1
+        history = await store.read_history(sid, None, None)
+        assert history is not None
+        assert [e.kind for e in history] == ["user_message", "complete"]
+    finally:
+        await store.close()
+
+
+async def test_a_subscriber_from_an_earlier_process(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path)
+    registry = MemoryRegistry(store=store, buffer_size=4)
+    sid, (r1, r2) = await session_with_runs(store, registry, [6, 6])
+    registry.complete_run(sid, exit_code=0)
+    await store.close()
+
+    store = await SQLiteStore.open(db_path)
+    try:
+        registry = MemoryRegistry(store=store, buffer_size=4)
+        # The run the client last saw, and where.
+        sub = await registry.subscribe(sid, owner=OWNER, run_id=r1, after_seq=3)
+        assert sub.info is not None
+        assert sub.info.recovered
+        assert sub.info.first_available is None
+        got = drain(sub)
+        assert_gapless(got, [r1, r2], start=(r1, 3))
+        assert got[-1].position == Position(r2, 8)
+        # No run given: the session's latest run, from after_seq.
+        latest = await registry.subscribe(sid, owner=OWNER, after_seq=5)
+        assert positions(drain(latest)) == [(r2, 6), (r2, 7), (r2, 8)]
+        # A new run in this process follows on, live, without a gap.
+        r3 = (await registry.start(sid, owner=OWNER, content="again")).run_id
+        registry.publish(sid, "text", {"text": "x"})
+        await store.flush()
+        more = drain(sub)
+        assert positions(more) == [(r3, 1), (r3, 2)]
+        assert positions(drain(latest)) == [(r3, 1), (r3, 2)]
+        with pytest.raises(Exception, match="not a run of session"):
+            await registry.subscribe(sid, owner=OWNER, run_id="NOT-A-RUN", after_seq=0)
+    finally:
+        await store.close()
+
+
+async def test_a_subscriber_of_a_session_only_the_log_knows_gets_it_all(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path)
+    registry = MemoryRegistry(store=store)
+    sid, (_r1,) = await session_with_runs(store, registry, [3])
+    registry.complete_run(sid, exit_code=0)
+    await store.close()
+    store = await SQLiteStore.open(db_path)
+    try:
+        registry = MemoryRegistry(store=store)
+        sub = await registry.subscribe(sid, owner=OWNER)
+        assert [e.kind for e in drain(sub)] == ["user_message", "text", "text", "text", "complete"]
+        assert sub.info is not None
+        assert sub.info.recovered
+    finally:
+        await store.close()

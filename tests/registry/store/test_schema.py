@@ -1,0 +1,93 @@
+"""Migrations: from an empty file and from every earlier version, idempotent, and a newer
+file refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from registry.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError
+from registry.store.schema import migrate, schema_version
+
+from .conftest import rows
+
+TABLES = {"sessions", "runs", "events"}
+
+
+def user_version(path: Path) -> int:
+    return int(rows(path, "PRAGMA user_version")[0][0])
+
+
+async def test_a_new_file_gets_the_whole_schema_in_wal_mode(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path)
+    try:
+        assert user_version(db_path) == SCHEMA_VERSION == len(MIGRATIONS)
+        names = {r[0] for r in rows(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+        assert names >= TABLES
+        assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+        # Connection settings of the writer: NORMAL sync (1), foreign keys, a busy timeout.
+        for pragma, expected in (("synchronous", 1), ("foreign_keys", 1), ("busy_timeout", 5000)):
+            async with store._connections[0].execute(f"PRAGMA {pragma}") as cursor:
+                row = await cursor.fetchone()
+                assert row is not None
+                assert row[0] == expected, pragma
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+async def test_every_earlier_version_is_migrated_at_open(db_path: Path, version: int) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        assert await migrate(db, target=version) == version
+        assert await schema_version(db) == version
+    store = await SQLiteStore.open(db_path)
+    await store.close()
+    assert user_version(db_path) == SCHEMA_VERSION
+    names = {r[0] for r in rows(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert names >= TABLES
+
+
+async def test_reopening_changes_nothing_and_keeps_the_data(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path)
+    record = await store.create_session(owner="ann", provider="echo", title="kept")
+    await store.close()
+    schema = rows(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    for _ in range(2):
+        store = await SQLiteStore.open(db_path)
+        assert await store.get_session(record.session_id, owner="ann") == record
+        await store.close()
+    assert rows(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+    assert user_version(db_path) == SCHEMA_VERSION
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        assert await migrate(db) == 0
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer") as info:
+        await SQLiteStore.open(db_path)
+    assert str(db_path) in str(info.value)
+    assert user_version(db_path) == SCHEMA_VERSION + 1
+    assert rows(db_path, "SELECT name FROM sqlite_master") == []
+
+
+async def test_a_failed_migration_leaves_the_old_version(db_path: Path) -> None:
+    # A table in the way of version 1: the whole upgrade rolls back.
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE runs (x)")
+    conn.close()
+    with pytest.raises(StoreError, match=str(db_path)):
+        await SQLiteStore.open(db_path)
+    assert user_version(db_path) == 0
+    assert [r[0] for r in rows(db_path, "SELECT name FROM sqlite_master")] == ["runs"]
+
+
+async def test_migrate_refuses_a_target_it_does_not_know(db_path: Path) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        with pytest.raises(ValueError, match="target"):
+            await migrate(db, target=SCHEMA_VERSION + 1)

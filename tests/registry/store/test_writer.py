@@ -1,0 +1,273 @@
+"""The group-commit writer, against a real file: queueing, batching, durability, errors."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from registry import Event, MemoryRegistry, RunSummary
+from registry.store import SQLiteStore
+
+from .conftest import rows, stored_events, until
+
+ALL = 1 << 62
+
+
+async def started(
+    store: SQLiteStore, *, owner: str = "ann", **kwargs: Any
+) -> tuple[MemoryRegistry, str, str]:
+    """A registry on ``store`` with one session and a running run (driven by publish)."""
+    record = await store.create_session(owner=owner, provider="echo")
+    registry = MemoryRegistry(store=store, **kwargs)
+    result = await registry.start(record.session_id, owner=owner, content="hello")
+    return registry, record.session_id, result.run_id
+
+
+async def test_append_only_queues_and_flush_commits(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    try:
+        registry, sid, run_id = await started(store)
+        for i in range(50):
+            registry.publish(sid, "text_delta", {"text": f"chunk {i}"})
+        # No await since publishing: nothing can have reached the disk.
+        assert store.stats.backlog == 51
+        assert store.durable_seq(run_id) == 0
+        await store.flush()
+        assert store.stats.backlog == 0
+        assert store.durable_seq(run_id) == 51
+        events = stored_events(db_path, run_id)
+        assert [seq for seq, _, _ in events] == list(range(1, 52))
+        assert events[0] == (1, "user_message", {"content": "hello"})
+        assert events[-1] == (51, "text_delta", {"text": "chunk 49"})
+        assert store.stats.events_written == 51
+    finally:
+        await store.close()
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_delay(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600, batch_size=10)
+    try:
+        registry, sid, run_id = await started(store)  # run start + user_message: 2 ops
+        for i in range(8):
+            registry.publish(sid, "text_delta", {"text": str(i)})
+        # 10 operations fill a batch: written now, though the delay is an hour.
+        await until(lambda: store.stats.backlog == 0)
+        assert store.durable_seq(run_id) == 9
+        assert store.stats.flushes == 1
+        assert len(stored_events(db_path, run_id)) == 9
+    finally:
+        await store.close()
+
+
+async def test_a_writer_behind_takes_up_to_eight_batches_per_commit(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600, batch_size=2)
+    try:
+        registry, sid, run_id = await started(store)
+        for i in range(38):
+            registry.publish(sid, "text_delta", {"text": str(i)})
+        # 40 operations queued before the writer ran: group commits of 16, 16 and 8.
+        await until(lambda: store.stats.flushes == 3)
+        assert store.stats.backlog == 0
+        assert store.durable_seq(run_id) == 39
+        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 40))
+    finally:
+        await store.close()
+
+
+async def test_a_partial_batch_is_written_after_the_short_delay(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=0.02)
+    try:
+        registry, sid, run_id = await started(store)
+        registry.publish(sid, "text_delta", {"text": "a"})
+        await until(lambda: store.durable_seq(run_id) == 2)
+        assert len(stored_events(db_path, run_id)) == 2
+    finally:
+        await store.close()
+
+
+async def test_complete_is_written_at_once(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    try:
+        registry, sid, run_id = await started(store)
+        registry.publish(sid, "text", {"text": "done"})
+        assert registry.complete_run(sid, exit_code=0)
+        # The delay is an hour: only the complete's urgency can write this.
+        await until(lambda: store.stats.backlog == 0)
+        assert rows(db_path, "SELECT status, outcome, exit_code, last_seq FROM runs") == [
+            ("completed", "done", 0, 3)
+        ]
+        assert [kind for _, kind, _ in stored_events(db_path, run_id)] == [
+            "user_message",
+            "text",
+            "complete",
+        ]
+        # Its end is committed: nothing of the run is left to write.
+        assert store.durable_seq(run_id) == ALL
+    finally:
+        await store.close()
+
+
+async def test_close_writes_everything_queued(db_path: Path) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    registry, sid, run_id = await started(store)
+    for i in range(500):
+        registry.publish(sid, "text_delta", {"text": str(i)})
+    assert store.stats.backlog == 501
+    await store.close()
+    assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 502))
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer_and_folded_in_at_close(
+    db_path: Path,
+) -> None:
+    store = await SQLiteStore.open(db_path)
+    try:
+        registry, sid, run_id = await started(store)
+        # Many small commits: a few hundred pages of WAL.
+        for i in range(3000):
+            registry.publish(sid, "text_delta", {"text": f"a longer chunk of streamed text {i}"})
+            if i % 10 == 0:
+                await store.flush()
+        await store.flush()
+        await until(lambda: store.stats.checkpoints >= 1)
+    finally:
+        await store.close()
+    wal = anyio.Path(f"{db_path}-wal")
+    assert not await wal.exists() or (await wal.stat()).st_size == 0
+    assert len(stored_events(db_path, run_id)) == 3001
+
+
+async def test_runs_and_events_in_order_with_one_write_per_batch(db_path: Path) -> None:
+    # batch_size=1: 18 operations in commits of at most 8, split mid-run, and each commit
+    # holds starts, events and ends of several runs: a run row written after its events, or
+    # an end before them, would fail the foreign key or the checks below.
+    store = await SQLiteStore.open(db_path, batch_size=1, flush_delay=0)
+    try:
+        sids = [(await store.create_session(owner="ann", provider="p")).session_id for _ in "ab"]
+        registry = MemoryRegistry(store=store)
+        runs = [(await registry.start(sid, owner="ann", content="q")).run_id for sid in sids]
+        for i in range(5):
+            for sid in sids:
+                registry.publish(sid, "text_delta", {"text": str(i)})
+        for sid in sids:
+            registry.complete_run(sid, exit_code=0)
+        await store.flush()
+        assert store.stats.dropped == 0
+        assert store.stats.flushes == 3
+        for run_id in runs:
+            assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 8))
+        assert rows(db_path, "SELECT status, last_seq FROM runs ORDER BY ord") == [
+            ("completed", 7),
+            ("completed", 7),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_locked_file_is_retried_and_nothing_is_lost(db_path: Path, store_log: Any) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=0, busy_timeout=0)
+    try:
+        registry, sid, run_id = await started(store)
+        await store.flush()
+        retried = store_log("retrying")
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(20):
+                registry.publish(sid, "text_delta", {"text": str(i)})
+            # Never raised into the run, even while the file is locked.
+            registry.publish(sid, "session_created", {"provider_session_id": "prov-1"})
+            with anyio.fail_after(10):
+                await retried.seen.wait()
+            assert store.stats.write_errors >= 1
+            assert store.durable_seq(run_id) == 1
+            assert store.stats.backlog == 20
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await store.flush()
+        assert store.durable_seq(run_id) == 21
+        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 22))
+        assert await store.resume_id(sid) == "prov-1"
+        assert store.stats.dropped == 0
+    finally:
+        await store.close()
+
+
+async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    try:
+        registry, sid, run_id = await started(store)
+        registry.publish(sid, "text", {"text": "before"})
+        # An event of a run the store never heard of: its row would break the foreign key.
+        store.append(Event(sid, "RUN-NOBODY-STARTED", 1, "text", 0, {"text": "x"}))
+        registry.publish(sid, "text", {"text": "after"})
+        with caplog.at_level(logging.ERROR, logger="runwire.store"):
+            await store.flush()
+        assert "RUN-NOBODY-STARTED:1" in caplog.text
+        assert "lost" in caplog.text
+        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == [1, 2, 3]
+        assert store.stats.dropped == 1
+        # Not on disk, so never reported durable: a registry keeps it in memory.
+        assert store.durable_seq("RUN-NOBODY-STARTED") == 0
+        assert store.durable_seq(run_id) == 3
+        # The writer carries on as normal.
+        registry.publish(sid, "text", {"text": "later"})
+        await store.flush()
+        assert store.durable_seq(run_id) == 4
+    finally:
+        await store.close()
+
+
+async def test_data_that_is_not_json_keeps_its_seq(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SQLiteStore.open(db_path)
+    try:
+        registry, sid, run_id = await started(store)
+        registry.publish(sid, "tool_result", {"content": object()})  # not JSON
+        registry.publish(sid, "text", {"text": "fine"})
+        with caplog.at_level(logging.ERROR, logger="runwire.store"):
+            await store.flush()
+        assert "not JSON" in caplog.text
+        events = stored_events(db_path, run_id)
+        assert [seq for seq, _, _ in events] == [1, 2, 3]
+        assert "unencodable" in events[1][2]
+        assert store.durable_seq(run_id) == 3
+    finally:
+        await store.close()
+
+
+async def test_events_cannot_be_changed_or_deleted_one_by_one(store: SQLiteStore) -> None:
+    _registry, _sid, run_id = await started(store)
+    await store.flush()
+    conn = sqlite3.connect(store.path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE events SET kind = 'x'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE seq = 1")
+    finally:
+        conn.close()
+    assert len(stored_events(Path(store.path), run_id)) == 1
+
+
+async def test_writes_after_close_are_dropped_not_raised(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SQLiteStore.open(db_path)
+    await store.close()
+    summary = RunSummary("R1", "s", "p", "running", 1, None, 0, 0)
+    with caplog.at_level(logging.ERROR, logger="runwire.store"):
+        store.run_started(summary, client_msg_id=None)
+        store.append(Event("s", "R1", 1, "text", 1, {}))
+        store.provider_session("s", "R1", "x")
+        store.run_completed(summary, unread=True)
+    assert "closed" in caplog.text

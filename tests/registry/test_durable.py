@@ -1,0 +1,101 @@
+"""With a store that reports its commits, only durable events are delivered.
+
+A client must never hold an event that a crash could lose: after a restart the run's
+``complete`` takes the seq after the last one on disk, and a client that had seen a later,
+lost event would skip that ``complete``.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from registry import ManualClock, MemoryRegistry
+
+from .fakes import FakeStore, drain, kinds, positions
+
+
+@pytest.fixture
+def gated(clock: ManualClock) -> tuple[MemoryRegistry, FakeStore]:
+    store = FakeStore()
+    store.gating = True
+    return MemoryRegistry(store=store, clock=clock, buffer_size=8), store
+
+
+async def test_nothing_is_delivered_before_it_is_on_disk(
+    gated: tuple[MemoryRegistry, FakeStore],
+) -> None:
+    reg, store = gated
+    run_id = (await reg.start("s", owner="a", content="hi")).run_id
+    sub = await reg.subscribe("s", owner="a")
+    reg.publish("s", "text", {"text": "one"})
+    assert sub.info is not None
+    assert sub.info.replayed == 0
+    assert drain(sub) == []
+    store.flush()
+    assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
+
+
+async def test_delivery_stops_at_the_durable_seq(gated: tuple[MemoryRegistry, FakeStore]) -> None:
+    reg, store = gated
+    run_id = (await reg.start("s", owner="a", content="hi")).run_id
+    sub = await reg.subscribe("s", owner="a")
+    for text in ("a", "b", "c"):
+        reg.publish("s", "text", {"text": text})
+    assert store.on_durable is not None
+    store.on_durable(run_id, 2)
+    assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
+    # An older report never moves delivery back.
+    store.on_durable(run_id, 1)
+    assert drain(sub) == []
+    store.on_durable(run_id, 4)
+    assert positions(drain(sub)) == [(run_id, 3), (run_id, 4)]
+
+
+async def test_the_next_run_waits_for_the_previous_complete_to_be_durable(
+    gated: tuple[MemoryRegistry, FakeStore],
+) -> None:
+    reg, store = gated
+    first = (await reg.start("s", owner="a", content="one")).run_id
+    sub = await reg.subscribe("s", owner="a")
+    store.flush()
+    assert positions(drain(sub)) == [(first, 1)]
+    reg.publish("s", "complete", {})
+    second = (await reg.start("s", owner="a", content="two")).run_id
+    assert store.on_durable is not None
+    store.on_durable(second, 1)  # the new run is on disk, the old complete is not
+    assert drain(sub) == []
+    store.on_durable(first, 2)
+    got = drain(sub)
+    assert positions(got) == [(first, 2), (second, 1)]
+    assert kinds(got) == ["complete", "user_message"]
+
+
+async def test_a_commit_wakes_a_waiting_subscriber(
+    gated: tuple[MemoryRegistry, FakeStore],
+) -> None:
+    reg, store = gated
+    run_id = (await reg.start("s", owner="a", content="hi")).run_id
+    sub = await reg.subscribe("s", owner="a")
+    got = []
+
+    async def reader() -> None:
+        got.extend(await sub.next_batch())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await anyio.wait_all_tasks_blocked()
+        assert got == []  # published but not durable: the reader waits
+        store.flush()
+    assert positions(got) == [(run_id, 1)]
+
+
+async def test_without_a_reporting_store_everything_is_delivered_at_once(
+    clock: ManualClock,
+) -> None:
+    store = FakeStore()  # gating off: watch_durable() says it will not report
+    reg = MemoryRegistry(store=store, clock=clock)
+    run_id = (await reg.start("s", owner="a", content="hi")).run_id
+    sub = await reg.subscribe("s", owner="a")
+    reg.publish("s", "text", {"text": "x"})
+    assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
