@@ -1,0 +1,43 @@
+"""Providers: what produces a run's events (echo, agent CLIs, OpenAI-compatible APIs).
+
+The app builds a :class:`ProviderRegistry` from its configuration (:class:`ProviderConfig`
+or :func:`default_providers`), looks a provider up by name and hands the registry a source
+made by :func:`make_source`. Depends on :mod:`registry` only.
+"""
+
+from .base import (
+    ConversationStore,
+    Item,
+    Provider,
+    ProviderRegistry,
+    ProviderRequest,
+    UnknownProvider,
+    check_options,
+    make_source,
+)
+from .cli_formats import FORMATS, CliFormat
+from .command import CommandProvider
+from .config import CommandSpec, OpenAISettings, ProviderConfig, default_providers
+from .echo import EchoOptions, EchoProvider
+from .openai import OpenAIProvider
+
+__all__ = [
+    "FORMATS",
+    "CliFormat",
+    "CommandProvider",
+    "CommandSpec",
+    "ConversationStore",
+    "EchoOptions",
+    "EchoProvider",
+    "Item",
+    "OpenAIProvider",
+    "OpenAISettings",
+    "Provider",
+    "ProviderConfig",
+    "ProviderRegistry",
+    "ProviderRequest",
+    "UnknownProvider",
+    "check_options",
+    "default_providers",
+    "make_source",
+]
