@@ -1,0 +1,369 @@
+"""WebSocket gateway benchmark: throughput, fan-out, latency and a reconnect storm.
+
+Starts ``runwire serve`` in its own process (SQLite file in a temporary directory, the echo
+provider, default settings) and drives it from this process over loopback with the
+``websockets`` client (no compression). Every subscriber checks that it receives every
+event of every run it follows exactly once and in order. Prints one JSON object per line:
+``{"name", "value", "unit", ...details}``.
+
+    .venv/bin/python -m bench.ws_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+
+TOKEN = "bench"
+# The echo provider refuses replies longer than this.
+MAX_REPLY = 1_000_000
+
+
+class Frame(msgspec.Struct):
+    """The fields of a server frame the benchmark looks at (the rest is skipped)."""
+
+    type: str
+    run_id: str | None = None
+    session_id: str | None = None
+    seq: int = 0
+    kind: str = ""
+    ts: int = 0
+    id: int | str | None = None
+    last_seq: int = 0
+
+
+_decode = msgspec.json.Decoder(list[Frame] | Frame).decode
+
+
+@dataclass
+class Server:
+    process: asyncio.subprocess.Process | None
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, *, batch: bool) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws?token={TOKEN}" + ("&batch=1" if batch else "")
+
+
+@asynccontextmanager
+async def run_server(directory: str, *flags: str) -> AsyncIterator[Server]:
+    """``runwire serve`` as a child process on a free port."""
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0"]
+    cmd += ["--db", os.path.join(directory, "bench.db"), "--token", f"{TOKEN}:bench", *flags]
+    process = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        port = None
+        while port is None:
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+            if not line:
+                raise RuntimeError("the server exited during startup")
+            match = re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                port = int(match.group(1))
+        yield Server(process, port)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@dataclass
+class Subscriber:
+    """One connection following ``runs`` runs; checks every event and resubscribes after
+    ``lagged`` (losing nothing)."""
+
+    ws: ClientConnection
+    runs: int = 1
+    next_seq: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    completes: int = 0
+    lagged: int = 0
+    first_at: float = 0.0
+    done_at: float = 0.0
+    latencies: list[float] | None = None
+
+    async def subscribe(self, session_id: str, run_id: str | None = None, after: int = 0) -> None:
+        frame: dict[str, Any] = {"type": "subscribe", "session_id": session_id}
+        if run_id is not None:
+            frame.update(run_id=run_id, after_seq=after)
+        await self.ws.send(json.dumps(frame))
+
+    async def consume(self) -> None:
+        """Read until ``runs`` runs completed."""
+        latencies = self.latencies
+        next_seq = self.next_seq
+        async for message in self.ws:
+            received_ms = time.time() * 1000
+            decoded = _decode(message)
+            for frame in decoded if isinstance(decoded, list) else (decoded,):
+                if frame.type == "event":
+                    run_id = frame.run_id or ""
+                    expected = next_seq.get(run_id, 1)
+                    if frame.seq != expected:
+                        raise AssertionError(f"got {frame}, expected seq {expected}")
+                    next_seq[run_id] = expected + 1
+                    if self.events == 0:
+                        self.first_at = time.perf_counter()
+                    self.events += 1
+                    if latencies is not None:
+                        latencies.append(received_ms - frame.ts)
+                    if frame.kind == "complete":
+                        self.completes += 1
+                        if self.completes == self.runs:
+                            self.done_at = time.perf_counter()
+                            return
+                elif frame.type == "lagged":
+                    self.lagged += 1
+                    assert frame.session_id is not None
+                    await self.subscribe(frame.session_id, frame.run_id, frame.last_seq)
+                elif frame.type == "error":
+                    raise AssertionError(f"error frame: {message!r}")
+
+
+async def request(ws: ClientConnection, frame: dict[str, Any]) -> Frame:
+    """Send a frame and wait for its reply (other frames are skipped)."""
+    frame = {**frame, "id": "r"}
+    await ws.send(json.dumps(frame))
+    while True:
+        decoded = _decode(await ws.recv())
+        for reply in decoded if isinstance(decoded, list) else (decoded,):
+            if reply.id == "r":
+                if reply.type == "error":
+                    raise RuntimeError(f"request {frame['type']} failed")
+                return reply
+
+
+async def new_session(server: Server) -> str:
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as http:
+        response = await http.post("/api/sessions", headers={"authorization": f"Bearer {TOKEN}"})
+        response.raise_for_status()
+        return str(response.json()["session_id"])
+
+
+def echo(chunks: int, delay_ms: float) -> dict[str, Any]:
+    """Echo options for a run of ``chunks + 3`` events (user_message, chunks, text,
+    complete)."""
+    size = max(1, min(20, MAX_REPLY // max(chunks, 1)))
+    return {"chunks": chunks, "delay_ms": delay_ms, "chunk": "x" * size}
+
+
+async def open_clients(server: Server, count: int, *, batch: bool) -> list[ClientConnection]:
+    limit = asyncio.Semaphore(50)
+
+    async def one() -> ClientConnection:
+        async with limit:
+            return await connect(
+                server.url(batch=batch), compression=None, max_queue=64, max_size=None
+            )
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def _close(sockets: list[ClientConnection]) -> None:
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def follow_runs(
+    server: Server,
+    *,
+    chunks: int,
+    delay_ms: float,
+    batch: bool,
+    subscribers: int,
+    sessions: int = 1,
+    latencies: bool = False,
+) -> tuple[list[Subscriber], float]:
+    """``sessions`` fresh sessions, each followed live by every one of ``subscribers``
+    connections; then one echo run in each, all at once.
+
+    Returns the subscribers and the seconds from the first send to the last subscriber's
+    last ``complete``.
+    """
+    session_ids = [await new_session(server) for _ in range(sessions)]
+    sockets = await open_clients(server, subscribers, batch=batch)
+    subs = [Subscriber(ws, runs=sessions, latencies=[] if latencies else None) for ws in sockets]
+    for sub in subs:
+        for session_id in session_ids:
+            await request(sub.ws, {"type": "subscribe", "session_id": session_id})
+    readers = [asyncio.create_task(sub.consume()) for sub in subs]
+    control = await connect(server.url(batch=False), compression=None, max_size=None)
+    started = time.perf_counter()
+    for session_id in session_ids:
+        options = echo(chunks, delay_ms)
+        await request(
+            control, {"type": "send", "session_id": session_id, "content": "go", "options": options}
+        )
+    await asyncio.gather(*readers)
+    elapsed = max(sub.done_at for sub in subs) - started
+    for sub in subs:
+        assert sub.events == sessions * (chunks + 3), "every subscriber gets every event"
+    await _close([*sockets, control])
+    return subs, elapsed
+
+
+async def throughput(
+    server: Server, *, chunks: int, batch: bool, subscribers: int
+) -> dict[str, Any]:
+    """Events/s of one run (``delay_ms`` 0), counted until every subscriber has all."""
+    subs, elapsed = await follow_runs(
+        server, chunks=chunks, delay_ms=0, batch=batch, subscribers=subscribers
+    )
+    events = subs[0].events
+    return {
+        "value": round(events / elapsed),
+        "events": events,
+        "subscribers": subscribers,
+        "seconds": round(elapsed, 3),
+        "lagged": sum(s.lagged for s in subs),
+    }
+
+
+async def paced_delay(server: Server, *, rate: float, sessions: int, subscribers: int) -> float:
+    """The echo ``delay_ms`` that makes ``sessions`` runs together publish about ``rate``
+    events/s with ``subscribers`` connections following them.
+
+    The delay is a sleep between chunks (sleeps are rounded up to whole milliseconds by
+    the event loop, and each chunk costs time of its own), so it is found by trial: short
+    runs under the same load, corrected until the measured rate is within 5 %.
+    """
+    target_ms = 1000 * sessions / rate
+    delay_ms = target_ms
+    for _ in range(5):
+        chunks = int(rate / sessions / 2)
+        subs, _ = await follow_runs(
+            server,
+            chunks=chunks,
+            delay_ms=delay_ms,
+            batch=True,
+            subscribers=subscribers,
+            sessions=sessions,
+        )
+        period_ms = (subs[0].done_at - subs[0].first_at) * 1000 / (chunks + 2)
+        if abs(period_ms - target_ms) <= target_ms * 0.05:
+            break
+        delay_ms = max(0.0, delay_ms - (period_ms - target_ms))
+    return delay_ms
+
+
+async def latency(
+    server: Server, *, subscribers: int, seconds: float, rate: float, sessions: int = 4
+) -> dict[str, Any]:
+    """Publish-to-receipt latency with ``subscribers`` connections receiving about ``rate``
+    events/s in all (from ``sessions`` concurrent echo runs, since one echo run cannot be
+    paced finely: its delay is a sleep between chunks).
+
+    Latency is the client's receive time minus the event's ``ts`` (set when the registry
+    published it; whole milliseconds, so on average 0.5 ms too high).
+    """
+    delay_ms = await paced_delay(server, rate=rate, sessions=sessions, subscribers=subscribers)
+    chunks = int(seconds * rate / sessions)
+    subs, _ = await follow_runs(
+        server,
+        chunks=chunks,
+        delay_ms=delay_ms,
+        batch=True,
+        subscribers=subscribers,
+        sessions=sessions,
+        latencies=True,
+    )
+    samples = sorted(x for sub in subs for x in (sub.latencies or []))
+    received = subs[0]
+    return {
+        "value": round(samples[int(len(samples) * 0.99)], 2),
+        "p50_ms": round(statistics.median(samples), 2),
+        "max_ms": round(samples[-1], 2),
+        "events_per_s": round(received.events / (received.done_at - received.first_at)),
+        "runs": sessions,
+        "echo_delay_ms": round(delay_ms, 3),
+        "samples": len(samples),
+        "subscribers": subscribers,
+        "lagged": sum(s.lagged for s in subs),
+    }
+
+
+async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[str, Any]:
+    """``clients`` connections subscribe from seq 0 to a completed run at once; seconds
+    from the first connect until every one has every event."""
+    session_id = await new_session(server)
+    watcher = Subscriber(*await open_clients(server, 1, batch=True))
+    await watcher.subscribe(session_id)
+    control = await connect(server.url(batch=False), compression=None, max_size=None)
+    ack = await request(
+        control,
+        {"type": "send", "session_id": session_id, "content": "x", "options": echo(events - 3, 0)},
+    )
+    await watcher.consume()
+    assert ack.run_id is not None
+    started = time.perf_counter()
+    sockets = await open_clients(server, clients, batch=True)
+    storm = [Subscriber(ws) for ws in sockets]
+
+    async def one(sub: Subscriber) -> None:
+        await sub.subscribe(session_id, ack.run_id, 0)
+        await sub.consume()
+
+    await asyncio.gather(*(one(sub) for sub in storm))
+    elapsed = time.perf_counter() - started
+    assert all(sub.events == events for sub in storm)
+    await _close([*sockets, control, watcher.ws])
+    return {"value": round(elapsed, 3), "clients": clients, "events": events}
+
+
+def emit(name: str, unit: str, *, value: float, **details: Any) -> None:
+    print(json.dumps({"name": name, "value": value, "unit": unit, **details}), flush=True)
+
+
+async def main(quick: bool) -> None:
+    scale = 0.1 if quick else 1.0
+    big = int(100_000 * scale)
+    with tempfile.TemporaryDirectory() as directory:
+        async with run_server(directory) as server:
+            result = await throughput(server, chunks=big, batch=True, subscribers=1)
+            emit(
+                "ws_events_per_s_1_sub_batched", "events/s", target=">=200000", batch=True, **result
+            )
+            result = await throughput(server, chunks=big, batch=False, subscribers=1)
+            emit("ws_events_per_s_1_sub", "events/s", target=">=40000", batch=False, **result)
+            result = await throughput(server, chunks=big // 4, batch=True, subscribers=100)
+            emit(
+                "ws_fanout_100_subs_events_per_s",
+                "events/s",
+                target=">=10000",
+                batch=True,
+                **result,
+            )
+            result = await latency(server, subscribers=100, seconds=10 * scale, rate=1000)
+            emit("ws_latency_p99_ms", "ms", target="<=25", batch=True, **result)
+            result = await reconnect_storm(server, clients=500, events=1000)
+            emit("reconnect_storm_s", "s", target="<=5", batch=True, **result)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work, for a smoke run")
+    asyncio.run(main(parser.parse_args().quick))

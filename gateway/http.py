@@ -1,0 +1,277 @@
+"""The HTTP API: sessions, history, SSE, abort, runs, health, metrics, OpenAPI.
+
+Every endpoint but ``/healthz`` and the static chat page authenticates, and every session
+access is owner-checked by the service: another user's session is a 404 exactly like a
+missing one. Errors are ``{"error": {"code", "message"}}`` with a fitting status.
+Endpoints catch their own errors (rather than relying on app-level exception handlers) so
+the routes behave the same when mounted inside another application.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from registry import Position, RegistryError
+
+from . import frames
+from .errors import GatewayError, invalid
+from .openapi import openapi_document
+from .service import to_builtins
+from .sse import EventStream, parse_last_event_id
+from .ws import WebSocketEndpoint
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = logging.getLogger("runwire.gateway")
+
+T = TypeVar("T")
+Handler = Callable[[Request, str], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+# The browser client and chat page; StaticFiles serves nothing outside this folder.
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_PAGE = 200
+MAX_PAGE = 1000
+Title = Annotated[str, msgspec.Meta(max_length=500)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
+    provider: Name | None = None
+    title: Title | None = None
+
+
+class UpdateSession(msgspec.Struct, forbid_unknown_fields=True):
+    title: Title | None = None
+    status: str | None = None
+
+
+class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
+    clear_queue: bool = False
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    """The HTTP form of an error."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field is not None:
+        body["field"] = exc.field
+    return JSONResponse({"error": body}, status_code=exc.status)
+
+
+def json_text(text: str, status: int = 200) -> Response:
+    """A response from JSON text that is already encoded."""
+    return Response(text, status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, kind: type[T], max_bytes: int) -> T:
+    """Decode a JSON request body into ``kind``; an empty body means all defaults."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise GatewayError("TOO_LARGE", f"request body over {max_bytes} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise GatewayError("TOO_LARGE", f"request body over {max_bytes} bytes")
+    if not body.strip():
+        body = b"{}"
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        field, message = frames.field_error(str(exc))
+        raise invalid(field, message) from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError("BAD_FRAME", f"the body is not valid JSON: {exc}") from None
+
+
+def query_int(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """An integer query parameter within bounds, or ``INVALID_FIELD`` naming it."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise invalid(name, f"expected an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+def run_status(request: Request) -> Any:
+    status = request.query_params.get("status", "running")
+    if status not in ("running", "all"):
+        raise invalid("status", "expected running or all")
+    return status
+
+
+class HttpApi:
+    """The HTTP endpoints of one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[BaseRoute]:
+        """Every route of the gateway, WebSocket included."""
+        auth = self._authenticated
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/", self.page, methods=["GET"]),
+            Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
+            Route("/api/me", auth(self.me), methods=["GET"]),
+            Route("/openapi.json", auth(self.openapi), methods=["GET"]),
+            Route("/metrics", auth(self.metrics), methods=["GET"]),
+            Route("/api/sessions", auth(self.create_session), methods=["POST"]),
+            Route("/api/sessions", auth(self.list_sessions), methods=["GET"]),
+            Route("/api/sessions/{session_id}", auth(self.get_session), methods=["GET"]),
+            Route("/api/sessions/{session_id}", auth(self.update_session), methods=["PATCH"]),
+            Route("/api/sessions/{session_id}", auth(self.delete_session), methods=["DELETE"]),
+            Route("/api/sessions/{session_id}/read", auth(self.mark_read), methods=["POST"]),
+            Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
+            Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
+            Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
+            Route("/api/runs", auth(self.runs), methods=["GET"]),
+            WebSocketRoute("/ws", WebSocketEndpoint(self.gateway)),
+        ]
+
+    def _authenticated(self, handler: Handler) -> Endpoint:
+        """Wrap ``handler``: authenticate, then map every failure to a JSON error."""
+        gateway = self.gateway
+
+        async def endpoint(request: Request) -> Response:
+            user = gateway.auth.user(request)
+            if user is None:
+                return error_response(GatewayError("UNAUTHORIZED", "missing or wrong token"))
+            try:
+                return await handler(request, user)
+            except GatewayError as exc:
+                return error_response(exc)
+            except RegistryError as exc:
+                return error_response(GatewayError.from_registry(exc))
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                return error_response(GatewayError("INTERNAL", "internal error"))
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    # Endpoints --------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def page(self, request: Request) -> Response:
+        """The chat page (no token needed: it reads the token from its own URL)."""
+        index = STATIC / "index.html"
+        if not index.is_file():
+            return error_response(GatewayError("NOT_FOUND", "no chat page is installed"))
+        return FileResponse(index, headers={"cache-control": "no-cache"})
+
+    async def me(self, request: Request, user: str) -> Response:
+        return JSONResponse({"user": user})
+
+    async def openapi(self, request: Request, user: str) -> Response:
+        return JSONResponse(openapi_document(request.scope.get("root_path", "")))
+
+    async def metrics(self, request: Request, user: str) -> Response:
+        return Response(generate_latest(self.gateway.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    async def create_session(self, request: Request, user: str) -> Response:
+        body = await read_body(request, CreateSession, self.gateway.settings.max_frame)
+        service = self.gateway.service
+        record = await service.create_session(user, provider=body.provider, title=body.title)
+        return JSONResponse(service.session_json(record), status_code=201)
+
+    async def list_sessions(self, request: Request, user: str) -> Response:
+        service = self.gateway.service
+        records = await service.store.list_sessions(owner=user)
+        return JSONResponse({"sessions": [service.session_json(r) for r in records]})
+
+    async def get_session(self, request: Request, user: str) -> Response:
+        service = self.gateway.service
+        record = await service.session(user, request.path_params["session_id"])
+        return JSONResponse(service.session_json(record))
+
+    async def update_session(self, request: Request, user: str) -> Response:
+        body = await read_body(request, UpdateSession, self.gateway.settings.max_frame)
+        service = self.gateway.service
+        record = await service.update_session(
+            user, request.path_params["session_id"], title=body.title, status=body.status
+        )
+        return JSONResponse(service.session_json(record))
+
+    async def delete_session(self, request: Request, user: str) -> Response:
+        await self.gateway.service.delete_session(user, request.path_params["session_id"])
+        return Response(status_code=204)
+
+    async def mark_read(self, request: Request, user: str) -> Response:
+        await self.gateway.service.mark_read(user, request.path_params["session_id"])
+        return Response(status_code=204)
+
+    async def events(self, request: Request, user: str) -> Response:
+        service = self.gateway.service
+        session_id = request.path_params["session_id"]
+        after_run = request.query_params.get("after_run") or None
+        after_seq = query_int(request, "after_seq", 0, minimum=0, maximum=frames.MAX_INT)
+        limit = query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        if after_run is None and "after_seq" in request.query_params:
+            raise invalid("after_run", "required with after_seq")
+        await service.session(user, session_id)
+        after = Position(after_run, after_seq) if after_run is not None else None
+        try:
+            events, following = await service.store.history_page(
+                session_id, after=after, limit=limit
+            )
+        except RegistryError as exc:
+            raise invalid("after_run", str(exc)) from None
+        following_json = (
+            "null"
+            if following is None
+            else frames.encode({"run_id": following.run_id, "seq": following.seq})
+        )
+        body = (
+            '{"events":['
+            + ",".join(event.frame() for event in events)
+            + '],"next":'
+            + following_json
+            + "}"
+        )
+        return json_text(body)
+
+    async def stream(self, request: Request, user: str) -> Response:
+        gateway = self.gateway
+        service = gateway.service
+        if not gateway.accepting:
+            raise GatewayError("INTERNAL", "the server is shutting down")
+        session_id = request.path_params["session_id"]
+        last_event_id = request.headers.get("last-event-id")
+        run_id: str | None
+        if last_event_id:
+            run_id, after_seq = parse_last_event_id(last_event_id)
+        else:
+            run_id = request.query_params.get("run_id") or None
+            after_seq = query_int(request, "after_seq", 0, minimum=0, maximum=frames.MAX_INT)
+        try:
+            sub = await service.subscribe(user, session_id, run_id=run_id, after_seq=after_seq)
+        except RegistryError as exc:
+            raise invalid("run_id", str(exc)) from None
+        return EventStream(gateway, sub)
+
+    async def abort(self, request: Request, user: str) -> Response:
+        body = await read_body(request, AbortBody, self.gateway.settings.max_frame)
+        session_id = request.path_params["session_id"]
+        summary = await self.gateway.service.abort(user, session_id, clear_queue=body.clear_queue)
+        return JSONResponse(
+            {"session_id": session_id, "run_id": summary.run_id, "last_seq": summary.last_seq}
+        )
+
+    async def runs(self, request: Request, user: str) -> Response:
+        summaries = self.gateway.service.list_runs(user, run_status(request))
+        return JSONResponse({"runs": to_builtins(summaries)})

@@ -1,0 +1,207 @@
+"""Operations shared by the WebSocket and HTTP faces: owner and status checks, rate limit.
+
+Every session access goes through :meth:`Service.session`, which asks the store with the
+caller as owner: another user's session is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from providers import ProviderRegistry, make_source
+from registry import (
+    Clock,
+    RegistryError,
+    RunRegistry,
+    RunSummary,
+    StartResult,
+    Subscription,
+)
+from registry.store import SessionRecord, SQLiteStore
+
+from .errors import GatewayError, invalid, not_found
+from .frames import Send
+from .hub import Hub
+from .pacing import paced
+from .settings import Settings
+
+SessionStatus = Literal["active", "locked", "archived"]
+SESSION_STATUSES: tuple[SessionStatus, ...] = ("active", "locked", "archived")
+
+
+class RateLimiter:
+    """A token bucket per user: ``burst`` sends at once, refilled at ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, user: str) -> bool:
+        """Take one token from the user's bucket; ``False`` when it is empty."""
+        now = self._clock.now()
+        tokens, last = self._buckets.get(user, (self._burst, now))
+        tokens = min(self._burst, tokens + max(0.0, now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[user] = (tokens, now)
+            return False
+        self._buckets[user] = (tokens - 1.0, now)
+        return True
+
+
+class Service:
+    """What a client can do, whichever face it uses."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: RunRegistry,
+        store: SQLiteStore,
+        providers: ProviderRegistry,
+        clock: Clock,
+        hub: Hub,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.providers = providers
+        self.hub = hub
+        self.limiter = RateLimiter(settings.send_rate, settings.send_burst, clock)
+        # Cleared when shutdown begins: from then on sends are refused.
+        self.accepting = True
+
+    # Sessions --------------------------------------------------------------------------
+
+    async def session(self, user: str, session_id: str) -> SessionRecord:
+        """The caller's session, or ``SESSION_NOT_FOUND`` (also for another user's)."""
+        record = await self.store.get_session(session_id, owner=user)
+        if record is None:
+            raise not_found(session_id)
+        return record
+
+    def session_json(self, record: SessionRecord) -> dict[str, Any]:
+        """A session as the HTTP API shows it; ``running_run_id`` is live."""
+        return {
+            "session_id": record.session_id,
+            "title": record.title,
+            "provider": record.provider,
+            "status": record.status,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "has_unread": record.has_unread,
+            "running_run_id": self.registry.running_run_id(record.session_id),
+        }
+
+    async def create_session(
+        self, user: str, *, provider: str | None = None, title: str | None = None
+    ) -> SessionRecord:
+        """A new session of the caller, with the given or the default provider."""
+        name = provider or self.settings.provider
+        if name not in self.providers:
+            known = ", ".join(self.providers.names())
+            raise GatewayError(
+                "UNKNOWN_PROVIDER", f"unknown provider {name!r} (known: {known})", field="provider"
+            )
+        return await self.store.create_session(owner=user, provider=name, title=title)
+
+    async def update_session(
+        self, user: str, session_id: str, *, title: str | None, status: str | None
+    ) -> SessionRecord:
+        if status is not None and status not in SESSION_STATUSES:
+            raise invalid("status", f"expected one of {', '.join(SESSION_STATUSES)}")
+        record = await self.store.update_session(session_id, owner=user, title=title, status=status)
+        if record is None:
+            raise not_found(session_id)
+        return record
+
+    async def delete_session(self, user: str, session_id: str) -> None:
+        """Abort the session's run, forget it, delete it and tell the owner's connections."""
+        await self.session(user, session_id)
+        self.registry.abort(session_id, clear_queue=True)
+        self.registry.forget_session(session_id)
+        if not await self.store.delete_session(session_id, owner=user):
+            raise not_found(session_id)
+        self.hub.session_deleted(user, session_id)
+
+    async def mark_read(self, user: str, session_id: str) -> None:
+        if not await self.store.mark_read(session_id, owner=user):
+            raise not_found(session_id)
+
+    async def subscribe(
+        self, user: str, session_id: str, *, run_id: str | None, after_seq: int
+    ) -> Subscription:
+        """Subscribe to the caller's session from a position (see the protocol).
+
+        ``info.run`` is the session's latest run even when only the store still has it.
+        """
+        await self.session(user, session_id)
+        sub = await self.registry.subscribe(
+            session_id, owner=user, run_id=run_id, after_seq=after_seq
+        )
+        info = sub.info
+        assert info is not None
+        if info.run is None:
+            try:
+                latest = await self.store.latest_run(session_id)
+            except BaseException:
+                sub.close()
+                raise
+            if latest is not None:
+                sub.info = msgspec.structs.replace(info, run=latest)
+        return sub
+
+    # Runs ------------------------------------------------------------------------------
+
+    async def send(self, user: str, frame: Send) -> StartResult:
+        """Start (or queue, or find) a run; creates the session when none is named."""
+        if not self.accepting:
+            raise GatewayError("INTERNAL", "the server is shutting down; send again after restart")
+        if not self.limiter.allow(user):
+            raise GatewayError("RATE_LIMITED", "too many sends; slow down and retry")
+        if frame.session_id is None:
+            record = await self.create_session(user, provider=frame.provider)
+        else:
+            record = await self.session(user, frame.session_id)
+            if record.status == "locked":
+                raise GatewayError("SESSION_LOCKED", f"session {record.session_id} is locked")
+            if record.status == "archived":
+                raise GatewayError("SESSION_ARCHIVED", f"session {record.session_id} is archived")
+        try:
+            provider = self.providers.get(record.provider)
+            try:
+                source = make_source(provider, options=frame.options, store=self.store)
+            except (TypeError, ValueError) as exc:
+                raise invalid("options", str(exc)) from None
+            source = paced(source, self.store, ahead=max(1, self.settings.buffer_size // 2))
+            return await self.registry.start(
+                record.session_id,
+                owner=user,
+                content=frame.content,
+                provider=record.provider,
+                source=source,
+                client_msg_id=frame.client_msg_id or None,
+                policy=frame.multitask,
+            )
+        except RegistryError as exc:
+            raise GatewayError.from_registry(exc) from None
+
+    async def abort(self, user: str, session_id: str, *, clear_queue: bool = False) -> RunSummary:
+        """End the session's running run (``NO_ACTIVE_RUN`` when there is none)."""
+        await self.session(user, session_id)
+        summary = self.registry.abort(session_id, clear_queue=clear_queue)
+        if summary is None:
+            raise GatewayError("NO_ACTIVE_RUN", f"session {session_id} has no running run")
+        return summary
+
+    def list_runs(self, user: str, status: Literal["running", "all"]) -> list[RunSummary]:
+        """The caller's run summaries."""
+        return self.registry.list_runs(owner=user, status=status)
+
+
+def to_builtins(value: object) -> Any:
+    """Structs (run summaries, records) as plain JSON-able values."""
+    return msgspec.to_builtins(value)

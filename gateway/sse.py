@@ -1,0 +1,128 @@
+"""``GET /api/sessions/{id}/stream``: a session's events as Server-Sent Events.
+
+Each event goes out as ``id: <run_id>:<seq>``, ``event: <kind>``, ``data: <event frame>``,
+so a browser's ``EventSource`` resumes by itself: it reconnects with ``Last-Event-ID`` and
+the stream continues right after that position. A stream that falls behind the replay
+buffer ends with an ``event: lagged``; the automatic reconnect then resumes it losslessly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from registry import Lagged, Subscription
+
+from . import frames
+from .connection import PULL_LIMIT
+from .errors import invalid
+from .waker import Waker
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+# How long the client waits before reconnecting after the stream ends (ms).
+RETRY_MS = 1000
+
+
+def parse_last_event_id(value: str) -> tuple[str, int]:
+    """``<run_id>:<seq>`` as a position; ``INVALID_FIELD`` when it is not one."""
+    run_id, sep, seq = value.strip().rpartition(":")
+    if not sep or not run_id or not seq.isdigit() or int(seq) > frames.MAX_INT:
+        raise invalid("Last-Event-ID", "expected <run_id>:<seq>")
+    return run_id, int(seq)
+
+
+def _event_block(run_id: str, seq: int, kind: str, frame: str) -> str:
+    if "\n" in kind or "\r" in kind:
+        kind = kind.replace("\r", " ").replace("\n", " ")
+    return f"id: {run_id}:{seq}\nevent: {kind}\ndata: {frame}\n\n"
+
+
+class EventStream(Response):
+    """A streaming response fed by one subscription, until the client leaves."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, gateway: Gateway, sub: Subscription) -> None:
+        # Not Response.__init__: it would declare an empty body's Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self._gateway = gateway
+        self._sub = sub
+        self._waker = Waker(gateway.ticker.defer)
+        self._finishing = False
+
+    def finish(self) -> None:
+        """End the stream once everything available now is sent (server shutdown)."""
+        self._finishing = True
+        self._waker.poke()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self._gateway
+        gateway.stream_opened(self)
+        disconnected = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    nonlocal disconnected
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    disconnected = True
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                try:
+                    await self._pump(send)
+                except OSError:
+                    disconnected = True
+                tg.cancel_scope.cancel()
+            if not disconnected:
+                with anyio.move_on_after(2, shield=True):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._sub.close()
+            gateway.stream_closed(self)
+
+    async def _pump(self, send: Send) -> None:
+        sub = self._sub
+        waker = self._waker
+        stats = self._gateway.stats
+        ping_interval = self._gateway.settings.ping_interval
+
+        async def write(text: str) -> None:
+            await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+
+        assert sub.info is not None
+        await write(
+            f"retry: {RETRY_MS}\nevent: subscribed\ndata: {frames.subscribed(None, sub.info)}\n\n"
+        )
+        while True:
+            waker.reset()
+            try:
+                events = sub.pull(PULL_LIMIT)
+            except Lagged as lag:
+                stats.lagged += 1
+                data = frames.lagged(lag.session_id, lag.run_id, lag.last_seq)
+                await write(f"event: lagged\ndata: {data}\n\n")
+                return
+            if events:
+                stats.delivered += len(events)
+                await write(
+                    "".join(_event_block(e.run_id, e.seq, e.kind, e.frame()) for e in events)
+                )
+                continue
+            if sub.closed or self._finishing:
+                return
+            if not waker.arm((sub,)):
+                continue
+            with anyio.move_on_after(ping_interval) as timer:
+                await waker.wait()
+            if timer.cancelled_caught:
+                await write(": ping\n\n")

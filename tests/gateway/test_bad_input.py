@@ -1,0 +1,307 @@
+"""Bad input: every malformed frame gets an error frame and the connection stays usable;
+an oversized message closes with 1009; a wrong token is a 401, a foreign Origin a 403."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as sync_connect
+
+from gateway.settings import Settings
+
+from .helpers import WAIT, make_settings, serve
+
+# What each client frame type requires, and a valid value for every field.
+REQUIRED: dict[str, dict[str, Any]] = {
+    "send": {"content": "hi"},
+    "subscribe": {"session_id": "s_x"},
+    "unsubscribe": {"session_id": "s_x"},
+    "abort": {"session_id": "s_x"},
+    "list_runs": {},
+    "ping": {},
+}
+OPTIONAL: dict[str, dict[str, Any]] = {
+    "send": {
+        "session_id": "s_x",
+        "provider": "echo",
+        "options": {},
+        "client_msg_id": "m",
+        "multitask": "enqueue",
+    },
+    "subscribe": {"run_id": "r", "after_seq": 3},
+    "unsubscribe": {},
+    "abort": {"clear_queue": True},
+    "list_runs": {"status": "all"},
+    "ping": {},
+}
+FIELD_KIND = {
+    "content": "str",
+    "session_id": "str",
+    "provider": "str",
+    "client_msg_id": "str",
+    "run_id": "str",
+    "options": "object",
+    "multitask": "enum",
+    "status": "enum",
+    "after_seq": "seq",
+    "clear_queue": "bool",
+}
+NULLABLE = {"session_id", "provider", "client_msg_id", "run_id"}
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def wrong_value(kind: str, nullable: bool) -> st.SearchStrategy[Any]:
+    """Values that a field of ``kind`` must refuse."""
+    not_str = st.one_of(
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.lists(scalars, max_size=2),
+        st.dictionaries(st.text(max_size=3), scalars, max_size=2),
+    )
+    if kind == "str":
+        base = not_str
+    elif kind == "object":
+        base = st.one_of(st.text(max_size=5), st.integers(), st.booleans(), st.lists(scalars))
+    elif kind == "enum":
+        base = st.one_of(
+            st.text(max_size=10).filter(
+                lambda s: s not in ("reject", "enqueue", "interrupt", "running", "all")
+            ),
+            st.integers(),
+            st.booleans(),
+        )
+    elif kind == "seq":
+        base = st.one_of(
+            st.integers(max_value=-1),
+            st.integers(min_value=2**53 + 1, max_value=2**80),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(max_size=5),
+            st.booleans(),
+        )
+    else:  # bool
+        base = st.one_of(st.integers(), st.text(max_size=5), st.floats(allow_nan=False))
+    return base if nullable else st.one_of(base, st.none())
+
+
+@st.composite
+def bad_field_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
+    """A known frame with exactly one bad field: (message, code, field)."""
+    kind = draw(st.sampled_from(sorted(REQUIRED)))
+    frame: dict[str, Any] = {"type": kind, **REQUIRED[kind]}
+    for name, value in OPTIONAL[kind].items():
+        if draw(st.booleans()):
+            frame[name] = value
+    fields = sorted(set(REQUIRED[kind]) | set(OPTIONAL[kind]))
+    choices = [*fields, "id"] + ([f"missing:{f}" for f in REQUIRED[kind]])
+    target = draw(st.sampled_from(choices))
+    if target.startswith("missing:"):
+        field = target.split(":", 1)[1]
+        del frame[field]
+    elif target == "id":
+        field = "id"
+        frame["id"] = draw(
+            st.one_of(
+                st.booleans(),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(min_value=2**53 + 1, max_value=2**80),
+                st.lists(scalars, max_size=2),
+                st.dictionaries(st.text(max_size=3), scalars, max_size=2),
+            )
+        )
+    else:
+        field = target
+        nullable = field in NULLABLE and field in OPTIONAL[kind]
+        frame[field] = draw(wrong_value(FIELD_KIND[field], nullable))
+    if field != "id" and draw(st.booleans()):
+        frame["id"] = draw(st.one_of(st.integers(-1000, 1000), st.text(max_size=8)))
+    return json.dumps(frame), "INVALID_FIELD", field
+
+
+@st.composite
+def unknown_type_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
+    kind = draw(st.text(max_size=12).filter(lambda s: s not in REQUIRED))
+    extra = draw(
+        st.dictionaries(st.text(max_size=5).filter(lambda k: k != "type"), json_values, max_size=3)
+    )
+    return json.dumps({**extra, "type": kind}), "UNKNOWN_TYPE", "type"
+
+
+@st.composite
+def typeless_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
+    extra = draw(
+        st.dictionaries(st.text(max_size=5).filter(lambda k: k != "type"), json_values, max_size=3)
+    )
+    if draw(st.booleans()):
+        extra["type"] = draw(
+            st.one_of(st.none(), st.integers(), st.booleans(), st.lists(scalars, max_size=2))
+        )
+        if extra["type"] is None:
+            del extra["type"]
+    return json.dumps(extra), "INVALID_FIELD", "type"
+
+
+not_objects = st.one_of(scalars, st.lists(json_values, max_size=3)).map(
+    lambda v: (json.dumps(v), "BAD_FRAME", None)
+)
+not_json = (
+    st.text(max_size=40).filter(lambda s: not _is_json(s)).map(lambda s: (s, "BAD_FRAME", None))
+)
+binary = st.binary(max_size=40).map(lambda b: (b, "BAD_FRAME", None))
+
+bad_messages = st.one_of(
+    bad_field_frames(), unknown_type_frames(), typeless_frames(), not_objects, not_json, binary
+)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ThreadedServer:
+    """A gateway in its own thread and event loop, for synchronous hypothesis tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ws_url = ""
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._settings) as served:
+            self.ws_url = served.url("alice")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        assert self._ready.wait(WAIT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(WAIT)
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory) -> Iterator[ThreadedServer]:
+    db = str(tmp_path_factory.mktemp("bad") / "runwire.db")
+    with ThreadedServer(make_settings(db)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def connection(threaded: ThreadedServer) -> Iterator[ClientConnection]:
+    with sync_connect(threaded.ws_url) as ws:
+        yield ws
+
+
+def _frame(ws: ClientConnection) -> dict[str, Any]:
+    value = json.loads(ws.recv(timeout=WAIT))
+    assert isinstance(value, dict)
+    return value
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=bad_messages)
+def test_every_bad_frame_gets_an_error_and_the_connection_still_works(connection, case):
+    message, code, field = case
+    connection.send(message)
+    reply = _frame(connection)
+    assert reply["type"] == "error", (message, reply)
+    assert reply["code"] == code, (message, reply)
+    if field is not None:
+        assert reply["field"] == field, (message, reply)
+    if code == "INVALID_FIELD":
+        assert reply["message"].startswith(f"{field}: "), (message, reply)
+    if code == "INVALID_FIELD" and field != "id" and isinstance(message, str):
+        sent = json.loads(message)
+        if isinstance(sent.get("id"), int | str) and not isinstance(sent.get("id"), bool):
+            assert reply["id"] == sent["id"]
+    connection.send(json.dumps({"type": "ping", "id": "alive"}))
+    assert _frame(connection) == {"type": "pong", "id": "alive"}
+
+
+async def test_oversized_message_closes_with_1009(tmp_path):
+    settings_ = replace(make_settings(str(tmp_path / "db")), max_frame=4096)
+    async with serve(settings_) as server, server.client() as client:
+        pong = await client.request({"type": "ping", "id": "x" * 3000})
+        assert pong["type"] == "pong"
+        await client.send({"type": "ping", "id": "x" * 5000})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+
+
+async def test_app_level_size_check_also_closes_with_1009(tmp_path):
+    # When the server in front allows more than max_frame, the gateway still refuses.
+    settings_ = replace(make_settings(str(tmp_path / "db")), max_frame=4096)
+    async with serve(settings_, ws_max_size=1 << 20) as server, server.client() as client:
+        await client.send({"type": "ping", "id": "x" * 5000})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+
+
+async def test_wrong_or_missing_token_is_refused_with_401(server):
+    for url in (server.url(None), server.ws_url + "?token=wrong"):
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url)
+        assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(server.url(None), additional_headers={"Authorization": "Bearer nope"})
+    assert refused.value.response.status_code == 401
+    async with connect(server.url(None), additional_headers={"Authorization": "Bearer tokA"}):
+        pass
+
+
+async def test_origin_allow_list(tmp_path):
+    settings_ = replace(make_settings(str(tmp_path / "db")), origins=("https://app.example",))
+    async with serve(settings_) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server.url(), origin="https://evil.example")
+        assert refused.value.response.status_code == 403
+        host = server.base_url.removeprefix("http://")
+        for origin in (f"http://{host}", "https://app.example", None):
+            async with connect(server.url(), origin=origin) as ws:
+                await ws.send(json.dumps({"type": "ping", "id": 1}))
+                assert json.loads(await ws.recv()) == {"type": "pong", "id": 1}

@@ -1,0 +1,208 @@
+"""The HTTP API, metrics, OpenAPI, and the gateway mounted inside another app."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from gateway.app import Gateway
+from gateway.settings import Settings
+
+from .helpers import assert_run_stream, serve
+
+
+async def test_session_crud(server):
+    async with server.http() as http:
+        created = await http.post("/api/sessions", json={"title": "First"})
+        assert created.status_code == 201
+        session = created.json()
+        assert set(session) == {
+            "session_id",
+            "title",
+            "provider",
+            "status",
+            "created_at",
+            "updated_at",
+            "has_unread",
+            "running_run_id",
+        }
+        assert (session["title"], session["provider"], session["status"]) == (
+            "First",
+            "echo",
+            "active",
+        )
+        second = (await http.post("/api/sessions")).json()
+        listed = (await http.get("/api/sessions")).json()["sessions"]
+        assert {s["session_id"] for s in listed} == {session["session_id"], second["session_id"]}
+        sid = session["session_id"]
+        patched = await http.patch(f"/api/sessions/{sid}", json={"title": "Renamed"})
+        assert patched.json()["title"] == "Renamed"
+        assert (await http.get(f"/api/sessions/{sid}")).json()["title"] == "Renamed"
+        assert (await http.delete(f"/api/sessions/{sid}")).status_code == 204
+        assert (await http.get(f"/api/sessions/{sid}")).status_code == 404
+        assert (await http.delete(f"/api/sessions/{sid}")).status_code == 404
+
+
+async def test_http_errors_are_json_with_fitting_status(server):
+    async with server.http() as http:
+        cases = [
+            (await http.post("/api/sessions", json={"provider": "nope"}), 400, "UNKNOWN_PROVIDER"),
+            (await http.post("/api/sessions", json={"title": 5}), 400, "INVALID_FIELD"),
+            (await http.post("/api/sessions", json={"colour": "red"}), 400, "INVALID_FIELD"),
+            (await http.post("/api/sessions", content=b"{nope"), 400, "BAD_FRAME"),
+            (await http.post("/api/sessions", content=b"x" * (2 << 20)), 413, "TOO_LARGE"),
+            (await http.get("/api/runs", params={"status": "some"}), 400, "INVALID_FIELD"),
+            (await http.get("/api/nothing"), 404, "NOT_FOUND"),
+        ]
+        sid = (await http.post("/api/sessions")).json()["session_id"]
+        cases += [
+            (
+                await http.patch(f"/api/sessions/{sid}", json={"status": "gone"}),
+                400,
+                "INVALID_FIELD",
+            ),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"limit": 0}),
+                400,
+                "INVALID_FIELD",
+            ),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"after_run": "nope"}),
+                400,
+                "INVALID_FIELD",
+            ),
+            (await http.post(f"/api/sessions/{sid}/abort"), 409, "NO_ACTIVE_RUN"),
+        ]
+        for response, status, code in cases:
+            assert response.status_code == status, response.text
+            assert response.json()["error"]["code"] == code, response.text
+            assert response.json()["error"]["message"]
+        field = (await http.post("/api/sessions", json={"title": 5})).json()["error"]["field"]
+        assert field == "title"
+
+
+async def test_history_is_paginated_in_order(server):
+    async with server.client() as client, server.http() as http:
+        ack = await client.send_message(options={"chunks": 3, "delay_ms": 0})
+        sid = ack["session_id"]
+        await client.subscribe(sid)
+        run1 = await client.events_until_complete()
+        ack2 = await client.send_message(sid, options={"chunks": 4, "delay_ms": 0})
+        run2 = await client.events_until_complete(ack2["run_id"])
+        pages: list[list[dict]] = []
+        params: dict = {"limit": 4}
+        while True:
+            body = (await http.get(f"/api/sessions/{sid}/events", params=params)).json()
+            pages.append(body["events"])
+            if body["next"] is None:
+                break
+            params = {
+                "limit": 4,
+                "after_run": body["next"]["run_id"],
+                "after_seq": body["next"]["seq"],
+            }
+        assert [e for page in pages for e in page] == run1 + run2
+        assert all(len(page) <= 4 for page in pages)
+        assert_run_stream(run2, ack2["run_id"])
+
+
+async def test_metrics_report_the_gateway_in_prometheus_format(server):
+    async with server.client() as client, server.http() as http:
+        ack = await client.send_message(options={"chunks": 10, "delay_ms": 0})
+        await client.subscribe(ack["session_id"])
+        events = await client.events_until_complete()
+        response = await http.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        values = _metrics(response.text)
+        assert values["runwire_connections"] == 1
+        assert values["runwire_subscriptions"] == 1
+        assert values["runwire_running_runs"] == 0
+        assert values["runwire_events_published_total"] >= len(events)
+        assert values["runwire_events_delivered_total"] >= len(events)
+        assert values["runwire_lagged_subscriptions_total"] == 0
+        assert "runwire_store_backlog" in values
+        assert "runwire_store_flushes_total" in values
+
+
+def _metrics(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z_]+)(?:\{[^}]*\})? (\S+)", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
+async def test_openapi_describes_every_route(server):
+    async with server.http() as http:
+        document = (await http.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    expected = {
+        "/api/sessions": {"get", "post"},
+        "/api/sessions/{session_id}": {"get", "patch", "delete"},
+        "/api/sessions/{session_id}/read": {"post"},
+        "/api/sessions/{session_id}/events": {"get"},
+        "/api/sessions/{session_id}/stream": {"get"},
+        "/api/sessions/{session_id}/abort": {"post"},
+        "/api/runs": {"get"},
+        "/healthz": {"get"},
+        "/metrics": {"get"},
+    }
+    for path, methods in expected.items():
+        assert methods <= set(paths[path]), path
+
+
+async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings):
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with gateway.lifespan():
+            yield
+
+    async def home(request):
+        return PlainTextResponse("parent app")
+
+    parent = Starlette(
+        routes=[Route("/", home), Mount("/chat", routes=gateway.routes())], lifespan=lifespan
+    )
+    async with serve(settings, app=parent, gateway=gateway, prefix="/chat") as server:
+        async with server.http() as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}
+            created = await http.post("/api/sessions")
+            assert created.status_code == 201
+            document = (await http.get("/openapi.json")).json()
+            assert document["servers"] == [{"url": "/chat"}]
+        async with server.client() as client:
+            ack = await client.send_message(created.json()["session_id"], options={"chunks": 2})
+            await client.subscribe(ack["session_id"])
+            assert_run_stream(await client.events_until_complete(), ack["run_id"])
+        async with server.http() as http:
+            root = await http.get(server.base_url.removesuffix("/chat") + "/")
+            assert root.text == "parent app"
+
+
+async def test_chat_page_and_static_files_need_no_token_and_stay_in_their_folder(server):
+    async with server.http(None) as anonymous:
+        page = await anonymous.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        script = await anonymous.get("/static/runwire.js")
+        assert script.status_code == 200
+        for path in (
+            "/static/../http.py",
+            "/static/%2e%2e/http.py",
+            "/static/..%2fhttp.py",
+            "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
+            "/static//etc/passwd",
+        ):
+            response = await anonymous.get(path)
+            assert response.status_code == 404, path
+            assert "import" not in response.text

@@ -1,0 +1,101 @@
+"""The session stream as Server-Sent Events, resumable with Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from .helpers import assert_run_stream
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parsed SSE messages: {"id", "event", "data"} (comments skipped)."""
+    message: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if message:
+                yield message
+            message = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(": ")
+            message[name] = value
+
+
+async def read_until(response, *, stop_after: int | None = None) -> tuple[list[dict], dict]:
+    """Event frames until a complete (or ``stop_after`` events); the subscribed info."""
+    events: list[dict] = []
+    subscribed: dict = {}
+    async for message in sse_events(response):
+        if message.get("event") == "subscribed":
+            subscribed = json.loads(message["data"])
+            continue
+        frame = json.loads(message["data"])
+        assert message["id"] == f"{frame['run_id']}:{frame['seq']}"
+        assert message["event"] == frame["kind"]
+        events.append(frame)
+        if frame["kind"] == "complete" or len(events) == stop_after:
+            break
+    return events, subscribed
+
+
+async def test_sse_resumes_with_last_event_id(server):
+    async with server.client() as client, server.http() as http:
+        ack = await client.send_message(options={"chunks": 200, "delay_ms": 1})
+        url = f"/api/sessions/{ack['session_id']}/stream"
+        async with http.stream("GET", url) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            first, subscribed = await read_until(response, stop_after=40)
+        assert subscribed["recovered"] is True
+        last_id = f"{first[-1]['run_id']}:{first[-1]['seq']}"
+        async with http.stream("GET", url, headers={"Last-Event-ID": last_id}) as response:
+            rest, _ = await read_until(response)
+        assert_run_stream(first + rest, ack["run_id"])
+        # The query form resumes the same way.
+        params = {"run_id": ack["run_id"], "after_seq": 100}
+        async with http.stream("GET", url, params=params) as response:
+            tail, _ = await read_until(response)
+        assert tail == (first + rest)[100:]
+
+
+async def test_sse_bad_last_event_id(server):
+    async with server.http() as http:
+        sid = (await http.post("/api/sessions")).json()["session_id"]
+        for value in ("garbage", "run:-1", ":5", "run:x"):
+            response = await http.get(
+                f"/api/sessions/{sid}/stream", headers={"Last-Event-ID": value}
+            )
+            assert response.status_code == 400
+            assert response.json()["error"]["field"] == "Last-Event-ID"
+        unknown = await http.get(f"/api/sessions/{sid}/stream", params={"run_id": "nope"})
+        assert unknown.status_code == 400
+
+
+async def test_sse_stream_ends_on_shutdown_after_the_server_restart_complete(settings):
+    from dataclasses import replace
+
+    from .helpers import serve
+
+    async with serve(replace(settings, shutdown_grace=0.0)) as server, server.http() as http:
+        async with server.client() as client:
+            ack = await client.send_message(options={"chunks": 2, "delay_ms": 0, "hang": True})
+        url = f"/api/sessions/{ack['session_id']}/stream"
+        async with http.stream("GET", url) as response:
+            events = []
+            messages = sse_events(response)
+            async for message in messages:
+                if message.get("event") == "text_delta":
+                    break
+            drain = asyncio.create_task(server.gateway.drain())
+            async for message in messages:  # Ends when the server ends the stream.
+                if "id" in message:
+                    events.append(json.loads(message["data"]))
+            await drain
+        assert [e["kind"] for e in events] == ["text_delta", "complete"]
+        assert events[-1]["data"]["reason"] == "server_restart"
