@@ -35,7 +35,6 @@ from .metrics import GatewayStats, build_registry
 from .service import Service
 from .settings import Settings
 from .sse import EventStream
-from .ticker import Ticker
 
 log = logging.getLogger("runwire.gateway")
 
@@ -63,7 +62,6 @@ class Gateway:
         self.streams: set[EventStream] = set()
         self._streams_empty: anyio.Event | None = None
         self.metrics: CollectorRegistry = build_registry(self)
-        self.ticker = Ticker(settings.wake_tick)
         self._service: Service | None = None
         self._store: SQLiteStore | None = None
         self._drained: anyio.Event | None = None
@@ -130,8 +128,7 @@ class Gateway:
                 run_ttl=self.settings.run_ttl,
                 queue_limit=self.settings.queue_limit,
             )
-            async with registry, anyio.create_task_group() as tasks:
-                tasks.start_soon(self.ticker.run)
+            async with registry:
                 stop_listening = registry.listen(self.hub.run_notice)
                 self._store = store
                 self._service = Service(
@@ -148,7 +145,6 @@ class Gateway:
                     with anyio.CancelScope(shield=True):
                         await self.drain()
                     stop_listening()
-                    tasks.cancel_scope.cancel()
         finally:
             self._service = None
             self._store = None

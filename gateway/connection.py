@@ -4,8 +4,8 @@ A connection has exactly one writer task. It multiplexes every subscription of t
 connection: each round it pulls what each subscription has (up to a limit, for fairness),
 then takes the queued control frames (replies, pushes), and sends the lot, one frame per
 message, or with ``?batch=1`` the whole round as one JSON array message. With nothing to
-send it arms all subscriptions with one wake-up and sleeps (a wake-up for events that are
-not deliverable yet waits for the gateway's next tick, :mod:`gateway.ticker`). A
+send it arms all subscriptions with one wake-up and sleeps (the registry wakes it only for
+deliverable events: with a store, once per commit, so commits are the batches). A
 subscription's ``subscribed`` frame is held with it and sent right before its first
 events. Events go before control frames, so a run's ``complete`` usually precedes its
 ``run_finished``.
@@ -30,7 +30,6 @@ from starlette.types import Send
 from registry import Lagged, Subscription
 
 from . import frames
-from .ticker import Ticker
 from .waker import Waker
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ class Connection:
         batch: bool,
         outbound_limit: int,
         stats: GatewayStats,
-        ticker: Ticker | None = None,
     ) -> None:
         self.user = user
         self.batch = batch
@@ -72,7 +70,7 @@ class Connection:
         self._subs: dict[str, Subscription] = {}
         # `subscribed` frames not yet sent, by subscription.
         self._headers: dict[Subscription, str] = {}
-        self._waker = Waker(ticker.defer if ticker is not None else None)
+        self._waker = Waker()
         self._finish_code: int | None = None
         # The close code to send when the connection ends; None: the client closed it.
         self.close_code: int | None = None

@@ -24,7 +24,6 @@ from registry.store import SessionRecord, SQLiteStore
 from .errors import GatewayError, invalid, not_found
 from .frames import Send
 from .hub import Hub
-from .pacing import paced
 from .settings import Settings
 
 SessionStatus = Literal["active", "locked", "archived"]
@@ -176,7 +175,6 @@ class Service:
                 source = make_source(provider, options=frame.options, store=self.store)
             except (TypeError, ValueError) as exc:
                 raise invalid("options", str(exc)) from None
-            source = paced(source, self.store, ahead=max(1, self.settings.buffer_size // 2))
             return await self.registry.start(
                 record.session_id,
                 owner=user,

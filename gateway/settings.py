@@ -34,10 +34,6 @@ class Settings:
     # subscriber that falls behind the replay buffer gets `lagged`); past this bound the
     # client is not reading at all and the connection is closed (1008).
     outbound_limit: int = 1000
-    # Seconds between the shared ticks at which a subscriber's writer is woken for events
-    # it cannot have yet (published, not yet on disk), so that a fast run wakes it once per
-    # tick instead of once per event. Events already on disk wake it at once. 0: no ticks.
-    wake_tick: float = 0.005
     # Longest wait of an event for its commit to the log. Subscribers only receive events
     # once they are on disk, so this bounds latency; larger batches commit more cheaply.
     flush_delay: float = 0.005
@@ -52,7 +48,6 @@ class Settings:
             (self.log_format in ("text", "json"), "log-format must be text or json"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
             (self.send_rate > 0 and self.send_burst >= 1, "send rate limit must be positive"),
-            (0 <= self.wake_tick <= 1, "wake tick must be in 0..1 seconds"),
             (0 <= self.flush_delay <= 10, "flush delay must be in 0..10 seconds"),
             (self.outbound_limit >= 1, "outbound limit must be at least 1"),
             (self.ping_interval > 0, "ping interval must be positive"),

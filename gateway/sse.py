@@ -54,7 +54,7 @@ class EventStream(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._gateway = gateway
         self._sub = sub
-        self._waker = Waker(gateway.ticker.defer)
+        self._waker = Waker()
         self._finishing = False
 
     def finish(self) -> None:

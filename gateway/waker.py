@@ -23,13 +23,11 @@ class Waker:
     subscriptions and :meth:`wait`. A poke between ``reset`` and ``wait`` is not lost.
     """
 
-    __slots__ = ("_armed", "_defer", "_event")
+    __slots__ = ("_armed", "_event")
 
-    def __init__(self, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._event = anyio.Event()
         self._armed: set[Subscription] = set()
-        # How a subscription's wake-up is delivered: through a shared tick, or at once.
-        self._defer = defer
 
     def reset(self) -> None:
         """Start a new round: pokes from now on end the next :meth:`wait`."""
@@ -63,17 +61,8 @@ class Waker:
         await self._event.wait()
 
     def _callback(self, sub: Subscription) -> Callable[[], None]:
-        defer = self._defer
-
         def fired() -> None:
             self._armed.discard(sub)
-            if defer is None or sub.closed or sub.ready():
-                # Something to deliver now: with a store, that is a commit's worth of
-                # events (commits are the batches), so there is no reason to wait.
-                self._event.set()
-            else:
-                # Woken by events not deliverable yet (not on disk yet): look again at
-                # the next tick rather than once per published event.
-                defer(self.poke)
+            self._event.set()
 
         return fired

@@ -57,7 +57,6 @@ class WebSocketEndpoint:
             batch=websocket.query_params.get("batch") == "1",
             outbound_limit=gateway.settings.outbound_limit,
             stats=gateway.stats,
-            ticker=gateway.ticker,
         )
         gateway.hub.add(conn)
         try:

@@ -120,6 +120,7 @@ class MemoryRegistry:
         self._closing = False
         self._run_ids = RunIds()
         self._gated = self._store.watch_durable(self._on_durable)
+        self._pace_ahead = max(1, buffer_size // 2)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -142,17 +143,19 @@ class MemoryRegistry:
         return await task_group.__aexit__(exc_type, exc, tb)
 
     def shutdown(self, reason: Outcome = "server_restart") -> int:
-        """Refuse new runs, drop every queued start and end every running run with
-        ``complete`` (``reason``). Returns how many runs were ended."""
+        """Refuse new runs and end every running run with ``complete`` (``reason``).
+
+        Queued starts were acknowledged with a ``run_id``, so they are not dropped: each
+        becomes a run that ends at once with the same reason, and the client finds its
+        message and how it ended. Returns how many running runs were ended.
+        """
         self._closing = True
-        for state in self._sessions.values():
-            for pending in state.queue:
-                state.msg_ids.pop(pending.client_msg_id or "", None)
-            state.queue.clear()
         ended = 0
         for run in list(self._running.values()):
             if self._finish(run, reason=reason):
                 ended += 1
+        for state in list(self._sessions.values()):
+            self._end_queued(state, self._take_queue(state), reason)
         return ended
 
     def listen(self, callback: Callable[[RunNotice], None]) -> Callable[[], None]:
@@ -284,6 +287,10 @@ class MemoryRegistry:
                         self._publish(run, item[0], item[1])
                         if run.done:
                             break
+                        if run.buffer.last_seq - run.durable > self._pace_ahead:
+                            # Subscribers only get what is on disk: a source that outran
+                            # the store would push undelivered events out of the buffer.
+                            await self._store.catch_up()
             except Exception as exc:
                 log.warning("run %s failed: %s", run.run_id, exc, exc_info=exc)
                 self._finish(run, reason="error", error=str(exc) or type(exc).__name__)
@@ -332,7 +339,8 @@ class MemoryRegistry:
         run.buffer.append(event)
         self._store.append(event)
         self.stats.published += 1
-        if state.waiters:
+        if state.waiters and event.seq <= run.durable:
+            # Not before it is durable: a wake-up for an undeliverable event is wasted.
             state.wake()
         return event
 
@@ -373,18 +381,32 @@ class MemoryRegistry:
         """End the running run with ``complete`` (``aborted: true``) and stop its source.
 
         Returns the ended run's summary, or ``None`` when nothing was running (a no-op).
-        With ``clear_queue`` the session's queued starts are dropped instead of started.
+        With ``clear_queue`` the session's queued starts are not started: each becomes a
+        run that ends at once with the same reason (they were acknowledged with a run_id).
         """
         state = self._sessions.get(session_id)
-        if state is not None and clear_queue:
-            for pending in state.queue:
-                state.msg_ids.pop(pending.client_msg_id or "", None)
-            state.queue.clear()
+        queued = self._take_queue(state) if state is not None and clear_queue else []
         run = self._running.get(session_id)
-        if run is None:
-            return None
-        self._finish(run, reason=reason)
-        return run.summary()
+        if run is not None:
+            self._finish(run, reason=reason)
+        if state is not None:
+            self._end_queued(state, queued, reason)
+        return run.summary() if run is not None else None
+
+    @staticmethod
+    def _take_queue(state: SessionState) -> list[PendingStart]:
+        queued = list(state.queue)
+        state.queue.clear()
+        return queued
+
+    def _end_queued(self, state: SessionState, queued: list[PendingStart], reason: Outcome) -> None:
+        """Turn taken-out queued starts into runs that end at once with ``reason``.
+
+        Called with nothing running, and with the queue already emptied, so that ending
+        one of them cannot start the next for real.
+        """
+        for pending in queued:
+            self._finish(self._launch(state, pending._replace(source=None)), reason=reason)
 
     def complete_run(
         self, session_id: str, *, exit_code: int = 1, error: str | None = None

@@ -15,7 +15,11 @@ from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from gateway.app import Gateway, create_app
 from gateway.server import GatewayServer, uvicorn_config
@@ -81,6 +85,61 @@ def small_window_socket(base_url: str, rcvbuf: int = 8192) -> socket.socket:
     sock.connect((host, int(port)))
     sock.setblocking(False)
     return sock
+
+
+class StalledClient:
+    """A WebSocket client over a raw socket that reads only when told to.
+
+    A library client keeps reading its socket in the background; this one leaves every
+    byte the server sends in the kernel's (small) receive buffer until :meth:`frames`, so
+    the server's writes really stall.
+    """
+
+    def __init__(self, url: str, rcvbuf: int = 8192) -> None:
+        self._url = url
+        self._rcvbuf = rcvbuf
+        self._protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self._sock: socket.socket | None = None
+
+    async def open(self) -> None:
+        host, port = self._url.split("//", 1)[1].split("/", 1)[0].split(":")
+        sock = small_window_socket(f"http://{host}:{port}", self._rcvbuf)
+        self._sock = sock
+        self._protocol.send_request(self._protocol.connect())
+        await self._flush()
+        while not any(isinstance(e, Response) for e in await self._receive()):
+            pass
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        self._protocol.send_text(json.dumps(frame).encode())
+        await self._flush()
+
+    async def frames(self) -> list[dict[str, Any]]:
+        """Read what has arrived (at least one message) and decode its frames."""
+        while True:
+            messages = [e for e in await self._receive() if isinstance(e, Frame)]
+            out = [json.loads(m.data) for m in messages if m.opcode is Opcode.TEXT]
+            if out:
+                return out
+
+    async def _receive(self) -> list[Any]:
+        assert self._sock is not None
+        data = await asyncio.get_running_loop().sock_recv(self._sock, 1 << 16)
+        if not data:
+            raise EOFError("the server closed the connection")
+        self._protocol.receive_data(data)
+        await self._flush()  # pongs and the like
+        return list(self._protocol.events_received())
+
+    async def _flush(self) -> None:
+        assert self._sock is not None
+        data = b"".join(self._protocol.data_to_send())
+        if data:
+            await asyncio.get_running_loop().sock_sendall(self._sock, data)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
 
 
 class Firehose:

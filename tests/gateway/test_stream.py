@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from providers import EchoProvider, ProviderRegistry
 from registry import MemoryRegistry
 
-from .helpers import Firehose, assert_run_stream, seqs, serve, small_window_socket
+from .helpers import Firehose, StalledClient, assert_run_stream, seqs, serve, small_window_socket
 
 
 async def test_reconnects_at_random_points_receive_every_event_once(server):
@@ -142,8 +142,8 @@ async def test_unsubscribe_stops_delivery(server):
 
 
 async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_path):
-    # Big events and a tiny replay buffer: while the socket is full the writer waits, the
-    # run overruns the subscription's cursor, and the subscription ends with `lagged`.
+    # Big events and a tiny replay buffer: while the client reads nothing, the writer waits
+    # in send, the run overruns the subscription's cursor, and it ends with `lagged`.
     providers = ProviderRegistry([EchoProvider(), Firehose()])
     async with (
         serve(_settings(tmp_path, buffer_size=8), providers=providers) as server,
@@ -152,27 +152,31 @@ async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_pat
     ):
         created = await http.post("/api/sessions", json={"provider": "firehose"})
         session_id = created.json()["session_id"]
-        # The client stops reading its socket while the test does not recv.
-        sock = small_window_socket(server.base_url)
-        async with server.client(max_queue=1, sock=sock) as slow:
-            await slow.subscribe(session_id)
+        slow = StalledClient(server.url())
+        await slow.open()
+        try:
+            await slow.send({"type": "subscribe", "id": 1, "session_id": session_id})
             ack = await sender.send_message(session_id, options={"count": 3000, "size": 8000})
             run_id = ack["run_id"]
-            await sender.next_of("run_finished")  # The run ends while `slow` is stuck.
+            await sender.next_of("run_finished")  # The run ends while `slow` reads nothing.
             received: list[dict[str, Any]] = []
-            while True:
-                frame = await slow.next_of("event", "lagged")
-                if frame["type"] == "lagged":
-                    lagged = frame
-                    break
-                received.append(frame)
-            last = received[-1]["seq"] if received else 0
-            assert (lagged["session_id"], lagged["last_seq"]) == (session_id, last)
-            if received:
-                assert lagged["run_id"] == run_id
-                assert received[-1]["kind"] != "complete"
-            await slow.subscribe(session_id, run_id=run_id, after_seq=last)
-            received += await slow.events_until_complete()
+            lagged: dict[str, Any] | None = None
+            while lagged is None:
+                for frame in await slow.frames():
+                    if frame["type"] == "lagged":
+                        lagged = frame
+                    elif frame["type"] == "event":
+                        assert lagged is None
+                        received.append(frame)
+        finally:
+            slow.close()
+        last = received[-1]["seq"] if received else 0
+        assert (lagged["session_id"], lagged["last_seq"]) == (session_id, last)
+        assert last < 3000  # it really fell behind
+        # Resubscribing from the lagged position loses nothing.
+        async with server.client() as again:
+            await again.subscribe(session_id, run_id=run_id, after_seq=last)
+            received += await again.events_until_complete()
     assert_run_stream(received, run_id)
     assert len(received) == 3002
     assert server.gateway.stats.lagged >= 1

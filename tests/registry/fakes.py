@@ -74,6 +74,9 @@ class FakeStore:
         self.on_durable = callback
         return self.gating
 
+    async def catch_up(self) -> None:
+        self.flush()
+
     def flush(self) -> None:
         """Mark everything appended so far as durable (and say so, when gating)."""
         for event in self.events:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from registry import ManualClock, MemoryRegistry
+from registry import ManualClock, MemoryRegistry, StartResult
 
 from .fakes import FakeStore, drain, kinds, publish_texts
 
@@ -138,14 +138,31 @@ async def test_abort_starts_the_next_queued_start(reg: MemoryRegistry) -> None:
 
 async def test_abort_can_clear_the_queue(reg: MemoryRegistry) -> None:
     await reg.start("s1", owner="alice", content="one")
-    await reg.start("s1", owner="alice", content="two", policy="enqueue", client_msg_id="m2")
+    two = await reg.start("s1", owner="alice", content="two", policy="enqueue", client_msg_id="m2")
+    three = await reg.start("s1", owner="alice", content="three", policy="enqueue")
     assert reg.abort("s1", clear_queue=True) is not None
     assert reg.running_run_id("s1") is None
     assert reg.queued("s1") == 0
-    assert reg.list_runs(status="all")[-1].status == "completed"
-    # The dropped start's client_msg_id is free again: resending it starts a run.
+    # The queued sends were acknowledged with run ids: they become runs that ended at
+    # once, each with its user message, instead of silently vanishing.
+    listed = reg.list_runs(status="all")
+    assert [r.run_id for r in listed[-2:]] == [two.run_id, three.run_id]
+    assert all(r.status == "completed" and r.outcome == "aborted" for r in listed)
+    assert all(r.last_seq == 2 for r in listed[-2:])
+    # So resending the same client_msg_id finds that run.
     again = await reg.start("s1", owner="alice", content="two", client_msg_id="m2")
-    assert again.status == "started"
+    assert again == StartResult("s1", two.run_id, "duplicate")
+
+
+async def test_shutdown_ends_queued_starts_as_runs(reg: MemoryRegistry) -> None:
+    await reg.start("s1", owner="alice", content="one")
+    two = await reg.start("s1", owner="alice", content="two", policy="enqueue")
+    three = await reg.start("s1", owner="alice", content="three", policy="enqueue")
+    assert reg.shutdown() == 1
+    listed = reg.list_runs(status="all")
+    assert [r.run_id for r in listed[-2:]] == [two.run_id, three.run_id]
+    assert [r.outcome for r in listed] == ["server_restart"] * 3
+    assert reg.running_run_id("s1") is None
 
 
 async def test_complete_run_only_while_running(reg: MemoryRegistry) -> None:

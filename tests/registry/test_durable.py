@@ -7,10 +7,14 @@ lost event would skip that ``complete``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import anyio
+import anyio.lowlevel
 import pytest
 
-from registry import ManualClock, MemoryRegistry
+from registry import Event, ManualClock, MemoryRegistry
 
 from .fakes import FakeStore, drain, kinds, positions
 
@@ -99,3 +103,42 @@ async def test_without_a_reporting_store_everything_is_delivered_at_once(
     sub = await reg.subscribe("s", owner="a")
     reg.publish("s", "text", {"text": "x"})
     assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
+
+
+async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock) -> None:
+    """Pacing: with buffer 8, a source of 100 events must wait for commits, or its
+    undelivered events would be pushed out of the buffer and the subscriber would lag."""
+    store = FakeStore()  # commits only when the registry asks it to catch up
+    store.gating = True
+    caught_up = 0
+
+    async def catch_up() -> None:
+        nonlocal caught_up
+        caught_up += 1
+        store.flush()
+        # A real commit awaits the disk, and the subscriber runs meanwhile.
+        await anyio.lowlevel.checkpoint()
+
+    store.catch_up = catch_up  # type: ignore[method-assign]
+
+    async def source(context: object) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        for i in range(100):
+            yield ("text_delta", {"text": str(i)})
+
+    got: list[Event] = []
+    async with MemoryRegistry(store=store, clock=clock, buffer_size=8) as reg:
+        sub = await reg.subscribe("s", owner="a")
+
+        async def reader() -> None:
+            while not got or got[-1].kind != "complete":
+                got.extend(await sub.next_batch())  # raises Lagged if events were lost
+
+        finished = anyio.Event()
+        reg.listen(lambda notice: finished.set() if notice.kind == "run_finished" else None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await reg.start("s", owner="a", content="go", source=source)
+            await finished.wait()
+            store.flush()  # commit the tail the source left after its last wait
+    assert [e.seq for e in got] == list(range(1, 103))
+    assert caught_up >= 100 // 8  # at least once per buffer of events
