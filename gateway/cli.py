@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from providers import ProviderConfig
 from registry.store import SQLiteStore, StoreError
 
 from . import logs
@@ -247,6 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check_db(settings.db)
     if problem is not None:
         parser.error(f"--db: {problem}")
+    # Agent CLIs and OpenAI-compatible APIs are enabled by the environment (docs/providers.md).
+    providers = ProviderConfig.from_env().build()
+    if settings.provider not in providers:
+        parser.error(
+            f"--provider: {settings.provider!r} is not configured "
+            f"(available: {', '.join(providers.names())})"
+        )
     logs.configure(settings.log_format)
 
     def announce(port: int) -> None:
@@ -257,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"runwire: serving on {base}", flush=True)
 
-    server = build_server(settings, on_started=announce)
+    server = build_server(settings, providers=providers, on_started=announce)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -126,6 +126,7 @@ class HttpApi:
             Route("/", self.page, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
             Route("/api/me", auth(self.me), methods=["GET"]),
+            Route("/api/providers", auth(self.providers), methods=["GET"]),
             Route("/openapi.json", auth(self.openapi), methods=["GET"]),
             Route("/metrics", auth(self.metrics), methods=["GET"]),
             Route("/api/sessions", auth(self.create_session), methods=["POST"]),
@@ -176,6 +177,13 @@ class HttpApi:
 
     async def me(self, request: Request, user: str) -> Response:
         return JSONResponse({"user": user})
+
+    async def providers(self, request: Request, user: str) -> Response:
+        """The providers a new session may use, and the server's default."""
+        gateway = self.gateway
+        return JSONResponse(
+            {"providers": gateway.providers.names(), "default": gateway.settings.provider}
+        )
 
     async def openapi(self, request: Request, user: str) -> Response:
         return JSONResponse(openapi_document(request.scope.get("root_path", "")))

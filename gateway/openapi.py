@@ -156,6 +156,24 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 },
             }
         },
+        "/api/providers": {
+            "get": {
+                "summary": "The providers a new session may use, and the default",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "providers": {"type": "array", "items": {"type": "string"}},
+                                "default": {"type": "string"},
+                            },
+                        },
+                        '`{"providers": ["echo"], "default": "echo"}`',
+                    ),
+                    **_errors(),
+                },
+            }
+        },
         "/": {
             "get": {
                 "summary": "The chat page (no authentication; it reads ?token= itself)",

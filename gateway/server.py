@@ -16,6 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from providers import ProviderRegistry
+
 from .app import Gateway, create_app
 from .settings import Settings
 
@@ -83,10 +85,11 @@ class GatewayServer(uvicorn.Server):
 def build_server(
     settings: Settings,
     *,
+    providers: ProviderRegistry | None = None,
     on_started: Callable[[int], None] | None = None,
     **overrides: Any,
 ) -> GatewayServer:
     """A ready-to-run server for ``settings``: ``await server.serve()``."""
-    app = create_app(settings)
+    app = create_app(settings, providers=providers)
     gateway: Gateway = app.state.gateway
     return GatewayServer(uvicorn_config(settings, app, **overrides), gateway, on_started=on_started)

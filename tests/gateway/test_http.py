@@ -206,3 +206,11 @@ async def test_chat_page_and_static_files_need_no_token_and_stay_in_their_folder
             response = await anonymous.get(path)
             assert response.status_code == 404, path
             assert "import" not in response.text
+
+
+async def test_providers_lists_the_offered_providers_and_the_default(server):
+    async with server.http() as http:
+        body = (await http.get("/api/providers")).json()
+    assert body["default"] == "echo"
+    assert "echo" in body["providers"]
+    assert body["providers"] == server.gateway.providers.names()

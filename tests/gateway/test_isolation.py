@@ -74,6 +74,7 @@ async def test_every_route_but_healthz_needs_a_token(server):
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
         for method, path in [
             ("GET", "/api/me"),
+            ("GET", "/api/providers"),
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
             ("GET", "/api/sessions"),

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,7 +50,9 @@ class Process:
 
 
 @contextlib.asynccontextmanager
-async def run_server(db: str, *args: str, tokens: bool = True) -> AsyncIterator[Process]:
+async def run_server(
+    db: str, *args: str, tokens: bool = True, env: dict[str, str] | None = None
+) -> AsyncIterator[Process]:
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--db", db, *args]
     if tokens:
         cmd += TOKEN_ARGS
@@ -57,7 +60,7 @@ async def run_server(db: str, *args: str, tokens: bool = True) -> AsyncIterator[
         *cmd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "RUNWIRE_TOKENS": ""},
+        env={**os.environ, "RUNWIRE_TOKENS": "", **(env or {})},
     )
     output: list[str] = []
     try:
@@ -302,3 +305,23 @@ async def test_tokens_from_the_environment(tmp_path):
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_agent_clis_are_enabled_from_the_environment(tmp_path):
+    fake = str(Path(__file__).parents[1] / "providers" / "fakes" / "fake_claude.py")
+    env = {"RUNWIRE_CLAUDE_BIN": fake}
+    async with (
+        run_server(str(tmp_path / "db.sqlite"), env=env) as server,
+        httpx.AsyncClient(
+            base_url=server.base_url, headers={"authorization": "Bearer tokA"}
+        ) as http,
+    ):
+        body = (await http.get("/api/providers")).json()
+    assert body == {"providers": ["echo", "claude"], "default": "echo"}
+
+
+async def test_an_unconfigured_default_provider_is_a_one_line_error(tmp_path):
+    code, _, err = await _cli("serve", "--db", str(tmp_path / "db"), "--provider", "claude")
+    assert code == 2
+    assert "--provider: 'claude' is not configured (available: echo)" in err
+    assert len(err.strip().splitlines()) == 1, err
