@@ -38,9 +38,9 @@ class Persistence(Protocol):
         could lose (and a restarted run's ``complete`` never reuses a seq a client saw).
         """
 
-    async def catch_up(self) -> None:
-        """Wait until everything queued so far is durable. A run whose source gets far
-        ahead of the disk waits on this, so its undelivered events stay in the buffer."""
+    def urge(self) -> None:
+        """Write what is queued now rather than after the batching delay. Called when a
+        run's source got far ahead of the disk and waits for its commits."""
 
     async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
         """The run_id of the run a ``client_msg_id`` already started in the session, if any."""
@@ -82,7 +82,7 @@ class NullPersistence:
     def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
         return False
 
-    async def catch_up(self) -> None:
+    def urge(self) -> None:
         pass
 
     async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:

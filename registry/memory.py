@@ -288,9 +288,7 @@ class MemoryRegistry:
                         if run.done:
                             break
                         if run.buffer.last_seq - run.durable > self._pace_ahead:
-                            # Subscribers only get what is on disk: a source that outran
-                            # the store would push undelivered events out of the buffer.
-                            await self._store.catch_up()
+                            await self._until_durable(run)
             except Exception as exc:
                 log.warning("run %s failed: %s", run.run_id, exc, exc_info=exc)
                 self._finish(run, reason="error", error=str(exc) or type(exc).__name__)
@@ -344,6 +342,23 @@ class MemoryRegistry:
             state.wake()
         return event
 
+    async def _until_durable(self, run: Run) -> None:
+        """Hold a source that outran the disk until it is half a window ahead again.
+
+        Subscribers only get what is on disk, so a source far ahead of the store would
+        push undelivered events out of the buffer. Waiting for half the window, not for
+        everything, keeps the source producing while the store commits.
+        """
+        target = run.buffer.last_seq - self._pace_ahead // 2
+        woken = anyio.Event()
+        run.pacing = (target, woken)
+        try:
+            self._store.urge()
+            if run.durable < target:
+                await woken.wait()
+        finally:
+            run.pacing = None
+
     def _on_durable(self, run_id: str, seq: int) -> None:
         """The store committed ``run_id`` up to ``seq``: let subscribers have those events."""
         run = self._runs.get(run_id)
@@ -351,6 +366,8 @@ class MemoryRegistry:
             run.durable = seq
             if run.session.waiters:
                 run.session.wake()
+            if run.pacing is not None and seq >= run.pacing[0]:
+                run.pacing[1].set()
 
     def record_provider_session(self, session_id: str, provider_session_id: str) -> bool:
         """Record the provider-native id on the session's running (or latest) run."""

@@ -33,6 +33,7 @@ class Run:
         "next",
         "ordinal",
         "outcome",
+        "pacing",
         "provider",
         "provider_session_id",
         "run_id",
@@ -69,6 +70,8 @@ class Run:
         # The highest seq that may be delivered: events past it are not on disk yet. A
         # registry whose store does not report commits delivers everything at once.
         self.durable = ALL_DURABLE
+        # While the source waits for the disk: the durable seq it waits for, and its wake-up.
+        self.pacing: tuple[int, anyio.Event] | None = None
 
     @property
     def last_seq(self) -> int:

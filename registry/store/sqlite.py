@@ -250,9 +250,9 @@ class SQLiteStore:
         refused never gets past the first of them."""
         return self._writer.durable_seq(run_id)
 
-    async def catch_up(self) -> None:
-        """Wait until everything queued so far is committed (:meth:`flush`)."""
-        await self.flush()
+    def urge(self) -> None:
+        """Write what is queued now rather than after the batching delay."""
+        self._writer.urge()
 
     def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
         """Report each commit to ``callback(run_id, seq)``; the registry then delivers

@@ -47,6 +47,7 @@ class FakeStore:
         self.snapshot = False
         # With ``gating``, the registry delivers only what flush() has made durable.
         self.gating = False
+        self.urged = 0
         self.on_durable: Callable[[str, int], None] | None = None
 
     # Write side ----------------------------------------------------------------------
@@ -74,8 +75,8 @@ class FakeStore:
         self.on_durable = callback
         return self.gating
 
-    async def catch_up(self) -> None:
-        self.flush()
+    def urge(self) -> None:
+        self.urged += 1
 
     def flush(self) -> None:
         """Mark everything appended so far as durable (and say so, when gating)."""

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from registry import Event, ManualClock, MemoryRegistry
@@ -108,18 +107,22 @@ async def test_without_a_reporting_store_everything_is_delivered_at_once(
 async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock) -> None:
     """Pacing: with buffer 8, a source of 100 events must wait for commits, or its
     undelivered events would be pushed out of the buffer and the subscriber would lag."""
-    store = FakeStore()  # commits only when the registry asks it to catch up
+    store = FakeStore()  # commits only when the "disk" task below is urged
     store.gating = True
-    caught_up = 0
+    urged = anyio.Event()
 
-    async def catch_up() -> None:
-        nonlocal caught_up
-        caught_up += 1
-        store.flush()
-        # A real commit awaits the disk, and the subscriber runs meanwhile.
-        await anyio.lowlevel.checkpoint()
+    def urge() -> None:
+        store.urged += 1
+        urged.set()
 
-    store.catch_up = catch_up  # type: ignore[method-assign]
+    store.urge = urge  # type: ignore[method-assign]
+
+    async def disk() -> None:
+        nonlocal urged
+        while True:
+            await urged.wait()
+            urged = anyio.Event()
+            store.flush()  # a commit, later than the urge, as the real writer's
 
     async def source(context: object) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         for i in range(100):
@@ -136,9 +139,12 @@ async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock) -
         finished = anyio.Event()
         reg.listen(lambda notice: finished.set() if notice.kind == "run_finished" else None)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(disk)
             tg.start_soon(reader)
             await reg.start("s", owner="a", content="go", source=source)
             await finished.wait()
             store.flush()  # commit the tail the source left after its last wait
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
     assert [e.seq for e in got] == list(range(1, 103))
-    assert caught_up >= 100 // 8  # at least once per buffer of events
+    assert store.urged >= 100 // 8  # at least once per buffer of events
