@@ -68,14 +68,14 @@ class RunNotice(NamedTuple):
 
 
 class RegistryStats:
-    """Counters for metrics. Plain integers: reading them is free."""
+    """Counters for metrics. Plain integers: reading them is free. (Lagged subscriptions
+    are counted by whoever reads them, where the ``Lagged`` is raised.)"""
 
-    __slots__ = ("dropped", "evicted", "lagged", "published", "runs_completed", "runs_started")
+    __slots__ = ("dropped", "evicted", "published", "runs_completed", "runs_started")
 
     def __init__(self) -> None:
         self.published = 0
         self.dropped = 0
-        self.lagged = 0
         self.runs_started = 0
         self.runs_completed = 0
         self.evicted = 0
