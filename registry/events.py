@@ -55,27 +55,39 @@ class Event(msgspec.Struct, gc=False):
     ts: int
     data: dict[str, Any]
     wire: str | None = None
+    data_json: str | None = None
 
     @property
     def position(self) -> Position:
         return Position(self.run_id, self.seq)
 
+    def encoded_data(self) -> str:
+        """``data`` as JSON text, encoded once and cached: the log row and the wire frame
+        share it. Raises ``TypeError``/``msgspec.EncodeError`` for data that is not JSON."""
+        text = self.data_json
+        if text is None:
+            text = self.data_json = _json.encode(self.data).decode()
+        return text
+
     def frame(self) -> str:
-        """The protocol ``event`` frame as JSON text, encoded once and cached."""
+        """The protocol ``event`` frame as JSON text, encoded once and cached.
+
+        Built around :meth:`encoded_data` rather than by encoding a fresh dict: the data,
+        usually the whole cost, is encoded only once for the log and the wire together.
+        """
         wire = self.wire
         if wire is None:
-            wire = self.wire = _json.encode(
-                {
-                    "type": "event",
-                    "session_id": self.session_id,
-                    "run_id": self.run_id,
-                    "seq": self.seq,
-                    "kind": self.kind,
-                    "ts": self.ts,
-                    "data": self.data,
-                }
-            ).decode()
+            wire = self.wire = (
+                f'{{"type":"event","session_id":{_text(self.session_id)},'
+                f'"run_id":{_text(self.run_id)},"seq":{self.seq},"kind":{_text(self.kind)},'
+                f'"ts":{self.ts},"data":{self.encoded_data()}}}'
+            )
         return wire
+
+
+def _text(value: str) -> str:
+    """``value`` as a JSON string literal."""
+    return _json.encode(value).decode()
 
 
 class RunSummary(msgspec.Struct, omit_defaults=False):

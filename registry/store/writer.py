@@ -413,7 +413,7 @@ class Writer:
 
     def _encode(self, event: Event) -> str:
         try:
-            return self._encoder.encode(event.data).decode()
+            return event.encoded_data()
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             # Keep the seq: an event the registry published must have a row, or replay has
             # a hole. Its data cannot be JSON, so record why instead.
@@ -424,7 +424,10 @@ class Writer:
                 event.session_id,
                 exc,
             )
-            return self._encoder.encode({"unencodable": repr(event.data)[:1000]}).decode()
+            # Subscribers get the same stand-in as the log, not an encoding error.
+            text = self._encoder.encode({"unencodable": repr(event.data)[:1000]}).decode()
+            event.data_json = text
+            return text
 
     # Writing ---------------------------------------------------------------------------
 

@@ -6,8 +6,10 @@ import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from registry import ManualClock, MemoryRegistry
+from registry import Event, ManualClock, MemoryRegistry
 
 from .fakes import FakeStore, drain, kinds, positions
 
@@ -60,6 +62,42 @@ async def test_frame_is_the_protocol_event(reg: MemoryRegistry, clock: ManualClo
         "data": {"tool_id": "t1", "name": "ls", "input": {"a": [1]}},
     }
     assert event.frame() is event.frame()
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(
+    ids=st.tuples(st.text(), st.text(), st.text()),
+    seq=st.integers(min_value=1),
+    ts=st.integers(min_value=0),
+    data=st.dictionaries(st.text(), _json_values, max_size=4),
+)
+def test_frame_is_the_json_of_its_fields(
+    ids: tuple[str, str, str], seq: int, ts: int, data: dict[str, object]
+) -> None:
+    # The frame is assembled around the cached data encoding, not by encoding a dict:
+    # whatever the strings hold (quotes, control characters, non-ASCII), it parses back.
+    session_id, run_id, kind = ids
+    event = Event(session_id, run_id, seq, kind, ts, data)
+    assert json.loads(event.frame()) == {
+        "type": "event",
+        "session_id": session_id,
+        "run_id": run_id,
+        "seq": seq,
+        "kind": kind,
+        "ts": ts,
+        "data": json.loads(json.dumps(data)),
+    }
+    assert event.encoded_data() is event.encoded_data()
 
 
 async def test_publish_without_a_running_run_is_dropped(reg: MemoryRegistry) -> None:

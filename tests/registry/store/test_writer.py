@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -232,7 +233,7 @@ async def test_data_that_is_not_json_keeps_its_seq(
     store = await SQLiteStore.open(db_path)
     try:
         registry, sid, run_id = await started(store)
-        registry.publish(sid, "tool_result", {"content": object()})  # not JSON
+        bad = registry.publish(sid, "tool_result", {"content": object()})  # not JSON
         registry.publish(sid, "text", {"text": "fine"})
         with caplog.at_level(logging.ERROR, logger="runwire.store"):
             await store.flush()
@@ -240,6 +241,9 @@ async def test_data_that_is_not_json_keeps_its_seq(
         events = stored_events(db_path, run_id)
         assert [seq for seq, _, _ in events] == [1, 2, 3]
         assert "unencodable" in events[1][2]
+        # Subscribers get the same stand-in as the log.
+        assert bad is not None
+        assert json.loads(bad.frame())["data"] == events[1][2]
         assert store.durable_seq(run_id) == 3
     finally:
         await store.close()
