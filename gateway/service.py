@@ -175,7 +175,7 @@ class Service:
                 source = make_source(provider, options=frame.options, store=self.store)
             except (TypeError, ValueError) as exc:
                 raise invalid("options", str(exc)) from None
-            return await self.registry.start(
+            result = await self.registry.start(
                 record.session_id,
                 owner=user,
                 content=frame.content,
@@ -186,6 +186,11 @@ class Service:
             )
         except RegistryError as exc:
             raise GatewayError.from_registry(exc) from None
+        if result.status == "started":
+            # Acknowledge only what a crash cannot lose: the run and its user_message are
+            # committed first, so a client told `started` never finds the run missing.
+            await self.store.flush()
+        return result
 
     async def abort(self, user: str, session_id: str, *, clear_queue: bool = False) -> RunSummary:
         """End the session's running run (``NO_ACTIVE_RUN`` when there is none)."""

@@ -119,6 +119,27 @@ async def test_sigkill_mid_run_then_restart_delivers_persisted_events_and_server
             assert runs["runs"] == []
 
 
+async def test_a_send_acknowledged_as_started_survives_an_immediate_sigkill(tmp_path):
+    # The ack comes only once the run is committed: killing the server the moment the
+    # client has it must not lose the run (its client would never see it again).
+    db = str(tmp_path / "runwire.db")
+    async with run_server(db) as server, server.client() as client:
+        ack = await client.send_message(
+            content="keep me", client_msg_id="m1", options={"chunks": 5000, "delay_ms": 2}
+        )
+        assert ack["status"] == "started"
+        server.proc.kill()
+        await server.proc.wait()
+    async with run_server(db) as server, server.client() as client:
+        sub = await client.subscribe(ack["session_id"])
+        assert sub["run"]["run_id"] == ack["run_id"]
+        events = await client.events_until_complete()
+        assert events[0]["data"] == {"content": "keep me", "client_msg_id": "m1"}
+        assert events[-1]["data"]["reason"] == "server_restart"
+        again = await client.send_message(ack["session_id"], content="keep me", client_msg_id="m1")
+        assert (again["status"], again["run_id"]) == ("duplicate", ack["run_id"])
+
+
 @pytest.mark.parametrize(
     ("options", "reason"),
     [
@@ -221,6 +242,9 @@ async def test_help_explains_every_flag():
         "--queue-limit",
         "--max-frame",
         "--log-format",
+        "--shutdown-grace",
+        "--send-rate",
+        "--send-burst",
     ):
         assert flag in out
 
@@ -237,6 +261,9 @@ async def test_help_explains_every_flag():
         ["--log-format", "xml"],
         ["--token", "nocolon"],
         ["--origin", "not a url"],
+        ["--send-rate", "0"],
+        ["--send-rate", "fast"],
+        ["--send-burst", "0"],
         ["--nonsense"],
     ],
 )
