@@ -80,6 +80,16 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _rate(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number per second, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return number
+
+
 def _seconds(value: str) -> float:
     try:
         number = float(value)
@@ -180,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds running runs get to finish on SIGTERM/Ctrl-C before they are ended "
         "(default %(default)s)",
     )
+    serve.add_argument(
+        "--send-rate",
+        type=_rate,
+        default=defaults.send_rate,
+        help="sends per second each user may make, on average; faster ones get RATE_LIMITED "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--send-burst",
+        type=_positive_int,
+        default=defaults.send_burst,
+        help="sends a user may make at once before --send-rate applies (default %(default)s)",
+    )
     return parser
 
 
@@ -233,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_frame=args.max_frame,
             log_format=args.log_format,
             shutdown_grace=args.shutdown_grace,
+            send_rate=args.send_rate,
+            send_burst=args.send_burst,
         )
     except ValueError as exc:
         parser.error(str(exc))
