@@ -67,6 +67,15 @@ class GatewayServer(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
+        # Accepted sockets inherit the listener's send buffer. A fixed one, rather than
+        # the kernel's autotuning up to megabytes, bounds what a client that stops reading
+        # holds per connection: its writer blocks soon, its cursors fall behind and end
+        # with `lagged`, instead of megabytes of frames waiting in the kernel for it.
+        for server in self.servers:
+            for sock in server.sockets:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, self.gateway.settings.send_buffer
+                )
         # Everything imported and built at startup lives as long as the process: keep it
         # out of the collector's full passes, which otherwise stall the loop for tens of
         # milliseconds (seen as latency spikes for every subscriber).

@@ -34,6 +34,9 @@ class Settings:
     # subscriber that falls behind the replay buffer gets `lagged`); past this bound the
     # client is not reading at all and the connection is closed (1008).
     outbound_limit: int = 1000
+    # Kernel send buffer of each connection (bytes; the kernel doubles it for overhead).
+    # Bounds what a client that stops reading holds before it is dropped with `lagged`.
+    send_buffer: int = 256 * 1024
     # Longest wait of an event for its commit to the log. Subscribers only receive events
     # once they are on disk, so this bounds latency; larger batches commit more cheaply.
     flush_delay: float = 0.005
@@ -51,6 +54,7 @@ class Settings:
             (0 <= self.flush_delay <= 10, "flush delay must be in 0..10 seconds"),
             (self.outbound_limit >= 1, "outbound limit must be at least 1"),
             (self.ping_interval > 0, "ping interval must be positive"),
+            (self.send_buffer >= 4096, "send buffer must be at least 4096 bytes"),
         ]
         for ok, message in checks:
             if not ok:
