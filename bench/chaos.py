@@ -341,8 +341,9 @@ class Sender:
             await self._ws.close()
             self._ws = None
 
-    async def send(self, policy: str, *, client_msg_id: str | None = None) -> None:
-        """One send; checks the ack against what was accepted before."""
+    async def send(self, policy: str, *, client_msg_id: str | None = None) -> bool:
+        """One send; checks the ack against what was accepted before. ``True`` when a
+        run started."""
         msg_id = client_msg_id or uuid.uuid4().hex
         options = {
             "chunks": self.rng.randint(1, self.max_chunks),
@@ -363,7 +364,7 @@ class Sender:
                 self.rate_limited += 1
             elif reply["code"] not in EXPECTED_ERRORS:
                 self.violations.add(f"send to {self.session_id}: {reply}")
-            return
+            return False
         status, run_id = reply.get("status"), reply.get("run_id")
         known = self.accepted.get(msg_id)
         if known is not None and (status != "duplicate" or run_id != known):
@@ -373,6 +374,17 @@ class Sender:
             self.accepted[msg_id] = run_id
         elif known is None:
             self.accepted[msg_id] = run_id
+        return status == "started"
+
+    async def send_long(self) -> None:
+        """Start a run that lasts minutes (it ends by abort, crash or shutdown)."""
+        msg_id = uuid.uuid4().hex
+        options = {"chunks": 100_000, "delay_ms": 5}
+        send = {"type": "send", "session_id": self.session_id, "content": "long"}
+        reply = await self.request({**send, "options": options, "client_msg_id": msg_id})
+        if reply.get("status") != "started":
+            raise RuntimeError(f"the long run did not start: {reply}")
+        self.accepted[msg_id] = reply["run_id"]
 
     async def abort(self) -> None:
         reply = await self.request({"type": "abort", "session_id": self.session_id})
@@ -390,7 +402,11 @@ class Sender:
             elif action < 0.3:
                 await self.abort()
             else:
-                await self.send(self.rng.choice(self.policies))
+                started = await self.send(self.rng.choice(self.policies))
+                if started and self.rng.random() < 0.25:
+                    # Stop it mid-stream, racing the provider's own complete.
+                    await asyncio.sleep(self.rng.random() * 0.05)
+                    await self.abort()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.rng.random() * self.pause)
 

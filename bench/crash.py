@@ -134,9 +134,12 @@ async def _round(
         ]
         for s in senders
     ]
+    # One run that is surely running at the kill (minutes long), in a session of its own.
+    anchor = senders[0]
+    await anchor.send_long()
     stop = asyncio.Event()
     following = [asyncio.create_task(f.run()) for group in followers for f in group]
-    sending = [asyncio.create_task(s.run(stop)) for s in senders]
+    sending = [asyncio.create_task(s.run(stop)) for s in senders[1:]]
     await asyncio.sleep(rng.uniform(0.2, max_load_s))
     await server.kill()
     stop.set()
