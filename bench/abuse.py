@@ -36,7 +36,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .chaos import PATIENCE, ServerProcess, Violations, frames_of, open_socket
+from .chaos import PATIENCE, ServerProcess, Violations, frames_of, new_session, open_socket
 
 GOOD, FLOOD, STALL, SPAM, SNOOP = "good", "flood", "stall", "spam", "snoop"
 MAX_FRAME = 1 << 20
@@ -69,13 +69,6 @@ class Counts:
     snoop_attempts: int = 0
     stall_lagged: int = 0
     stall_rss_mb: list[float] = field(default_factory=list)
-
-
-async def new_session(server: ServerProcess, user: str) -> str:
-    async with server.http(user) as http:
-        response = await http.post("/api/sessions", json={})
-        response.raise_for_status()
-        return str(response.json()["session_id"])
 
 
 async def measured_run(

@@ -42,6 +42,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 POLICIES = ("reject", "enqueue", "interrupt")
 # Server errors a well-behaved sender may get in normal operation.
 EXPECTED_ERRORS = {"RUN_IN_PROGRESS", "QUEUE_FULL", "NO_ACTIVE_RUN"}
+# Server flags that lift the per-user send limit, for programs whose users send a lot.
+UNLIMITED_SENDS = ("--send-rate", "1000", "--send-burst", "1000")
 # How long a client waits for anything before it counts the wait as a violation.
 PATIENCE = 60.0
 
@@ -157,6 +159,14 @@ async def open_socket(server: ServerProcess, user: str, *, batch: bool = True) -
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+async def new_session(server: ServerProcess, user: str) -> str:
+    """A fresh session of ``user``, over the HTTP API."""
+    async with server.http(user) as http:
+        response = await http.post("/api/sessions", json={})
+        response.raise_for_status()
+        return str(response.json()["session_id"])
 
 
 def frames_of(message: str | bytes) -> list[dict[str, Any]]:
@@ -341,14 +351,19 @@ class Sender:
             await self._ws.close()
             self._ws = None
 
-    async def send(self, policy: str, *, client_msg_id: str | None = None) -> bool:
-        """One send; checks the ack against what was accepted before. ``True`` when a
-        run started."""
+    async def send(
+        self, policy: str, *, client_msg_id: str | None = None, long: bool = False
+    ) -> bool:
+        """One send (``long``: a run of about a second); checks the ack against what was
+        accepted before. ``True`` when a run started."""
         msg_id = client_msg_id or uuid.uuid4().hex
-        options = {
-            "chunks": self.rng.randint(1, self.max_chunks),
-            "delay_ms": self.rng.choice((0, 1, 2, 5)),
-        }
+        if long:
+            options = {"chunks": self.rng.randint(50, 200), "delay_ms": 5}
+        else:
+            options = {
+                "chunks": self.rng.randint(1, self.max_chunks),
+                "delay_ms": self.rng.choice((0, 1, 2, 5)),
+            }
         reply = await self.request(
             {
                 "type": "send",
@@ -402,10 +417,11 @@ class Sender:
             elif action < 0.3:
                 await self.abort()
             else:
-                started = await self.send(self.rng.choice(self.policies))
-                if started and self.rng.random() < 0.25:
-                    # Stop it mid-stream, racing the provider's own complete.
-                    await asyncio.sleep(self.rng.random() * 0.05)
+                long = self.rng.random() < 0.25
+                started = await self.send(self.rng.choice(self.policies), long=long)
+                if started and long:
+                    # Stop it mid-stream, or just as it completes on its own.
+                    await asyncio.sleep(self.rng.random() * 1.2)
                     await self.abort()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.rng.random() * self.pause)

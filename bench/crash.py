@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from .chaos import (
+    UNLIMITED_SENDS,
     Follower,
     Sender,
     ServerProcess,
@@ -40,6 +41,7 @@ from .chaos import (
     check_log,
     check_received,
     history,
+    new_session,
 )
 
 USERS = [f"user{i}" for i in range(5)]
@@ -81,7 +83,7 @@ async def crash(
     checked = 0
     with tempfile.TemporaryDirectory() as directory:
         db = f"{directory}/crash.db"
-        server = ServerProcess(db, USERS, "--send-rate", "1000", "--send-burst", "1000")
+        server = ServerProcess(db, USERS, *UNLIMITED_SENDS)
         await server.start()
         try:
             for _ in range(crashes):
@@ -112,14 +114,11 @@ async def _round(
     owners = [USERS[i % len(USERS)] for i in range(sessions)]
     senders = []
     for user in owners:
-        async with server.http(user) as http:
-            response = await http.post("/api/sessions", json={})
-            response.raise_for_status()
         senders.append(
             Sender(
                 server,
                 user,
-                response.json()["session_id"],
+                await new_session(server, user),
                 violations,
                 random.Random(rng.random()),
                 policies=POLICIES,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chaos import (
+    UNLIMITED_SENDS,
     Follower,
     Sender,
     ServerProcess,
@@ -32,6 +33,7 @@ from .chaos import (
     check_log,
     check_received,
     history,
+    new_session,
     runs_of,
 )
 
@@ -100,10 +102,7 @@ async def soak(
             USERS,
             "--run-ttl",
             str(run_ttl),
-            "--send-rate",
-            "1000",
-            "--send-burst",
-            "1000",
+            *UNLIMITED_SENDS,
         )
         await server.start()
         try:
@@ -143,12 +142,7 @@ async def _phase(
     """``seconds`` of load on fresh sessions, the checks, then idle past the run TTL."""
     peak = server.rss_bytes()
     owners = [USERS[i % len(USERS)] for i in range(sessions)]
-    session_ids = []
-    for user in owners:
-        async with server.http(user) as http:
-            response = await http.post("/api/sessions", json={})
-            response.raise_for_status()
-            session_ids.append(response.json()["session_id"])
+    session_ids = [await new_session(server, user) for user in owners]
     senders = [
         Sender(server, user, sid, violations, random.Random(rng.random()))
         for user, sid in zip(owners, session_ids, strict=True)

@@ -26,6 +26,7 @@ async def test_soak_short_run_finds_nothing_wrong():
     assert figures.runs > 0
     assert figures.events_delivered > figures.runs
     assert figures.reconnects > 0
+    assert figures.aborts > 0
 
 
 async def test_crash_short_run_recovers_every_client():
