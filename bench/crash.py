@@ -163,6 +163,9 @@ async def _round(
         restart_completes += sum(
             e["kind"] == "complete" and e["data"]["reason"] == "server_restart" for e in log
         )
+    anchor_end = logs[0][-1] if logs[0] else None
+    if anchor_end is None or anchor_end["data"].get("reason") != "server_restart":
+        violations.add(f"the run running at the kill ended with {anchor_end}")
     return seconds, restart_completes, events
 
 

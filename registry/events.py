@@ -62,8 +62,9 @@ class Event(msgspec.Struct, gc=False):
         return Position(self.run_id, self.seq)
 
     def encoded_data(self) -> str:
-        """``data`` as JSON text, encoded once and cached: the log row and the wire frame
-        share it. Raises ``TypeError``/``msgspec.EncodeError`` for data that is not JSON."""
+        """``data`` as JSON text, encoded once and cached until the wire frame is built
+        around it: the log row and the frame share it. Raises ``TypeError`` or
+        ``msgspec.EncodeError`` for data that is not JSON."""
         text = self.data_json
         if text is None:
             text = self.data_json = _json.encode(self.data).decode()
@@ -82,6 +83,8 @@ class Event(msgspec.Struct, gc=False):
                 f'"run_id":{_text(self.run_id)},"seq":{self.seq},"kind":{_text(self.kind)},'
                 f'"ts":{self.ts},"data":{self.encoded_data()}}}'
             )
+            # The frame holds the text now; a buffered event keeps one copy, not two.
+            self.data_json = None
         return wire
 
 
