@@ -10,6 +10,7 @@ the routes behave the same when mounted inside another application.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -43,6 +44,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_PAGE = 200
 MAX_PAGE = 1000
+# A kinds filter names at most this many kinds, each like an event kind.
+MAX_KINDS = 32
+_KIND = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 Title = Annotated[str, msgspec.Meta(max_length=500)]
 Name = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -103,6 +107,20 @@ def query_int(request: Request, name: str, default: int, *, minimum: int, maximu
     if not raw.isdigit() or not minimum <= int(raw) <= maximum:
         raise invalid(name, f"expected an integer from {minimum} to {maximum}")
     return int(raw)
+
+
+def query_kinds(request: Request) -> frozenset[str] | None:
+    """``?kinds=text,tool_use``: the event kinds to keep (``None``: every kind)."""
+    raw = request.query_params.get("kinds")
+    if raw is None:
+        return None
+    kinds = frozenset(raw.split(","))
+    if not 1 <= len(kinds) <= MAX_KINDS or not all(_KIND.fullmatch(kind) for kind in kinds):
+        raise invalid(
+            "kinds",
+            f"expected 1 to {MAX_KINDS} comma-separated event kinds (letters, digits, . _ -)",
+        )
+    return kinds
 
 
 def run_status(request: Request) -> Any:
@@ -231,11 +249,12 @@ class HttpApi:
         limit = query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
         if after_run is None and "after_seq" in request.query_params:
             raise invalid("after_run", "required with after_seq")
+        kinds = query_kinds(request)
         await service.session(user, session_id)
         after = Position(after_run, after_seq) if after_run is not None else None
         try:
             events, following = await service.store.history_page(
-                session_id, after=after, limit=limit
+                session_id, after=after, limit=limit, kinds=kinds
             )
         except RegistryError as exc:
             raise invalid("after_run", str(exc)) from None

@@ -276,6 +276,12 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 200},
                 },
+                {
+                    "name": "kinds",
+                    "in": "query",
+                    "description": "Comma-separated event kinds to keep (default: every kind)",
+                    "schema": {"type": "string"},
+                },
             ],
             "get": {
                 "summary": "Durable history, in order, paginated",

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -56,8 +56,8 @@ _HISTORY = """
     WHERE r.session_id = :session AND r.ord >= :lo AND r.ord <= :hi AND e.run_id = r.run_id
         AND e.seq > (CASE WHEN r.ord = :lo THEN :lo_seq ELSE 0 END)
         AND e.seq < (CASE WHEN r.ord = :hi THEN :hi_seq ELSE :all END)
-    ORDER BY r.ord, e.seq
 """
+_HISTORY_ORDER = " ORDER BY r.ord, e.seq"
 
 
 class SQLiteStore:
@@ -313,11 +313,18 @@ class SQLiteStore:
         return await self._history(session_id, lo, lo_seq, hi, hi_seq, limit=None)
 
     async def history_page(
-        self, session_id: str, *, after: Position | None, limit: int
+        self,
+        session_id: str,
+        *,
+        after: Position | None,
+        limit: int,
+        kinds: Collection[str] | None = None,
     ) -> tuple[list[Event], Position | None]:
         """Up to ``limit`` events of the session after ``after`` (``None``: from the start),
         and the position to pass for the next page, or ``None`` when there is no more.
 
+        ``kinds``, when given, keeps only events of those kinds (the next page's position
+        is then the last event returned, so pages of one filter follow on).
         Raises :class:`~registry.errors.UnknownRun` when ``after`` is not a run of the session.
         """
         if limit < 1:
@@ -328,7 +335,9 @@ class SQLiteStore:
             assert after is not None
             raise UnknownRun(session_id, after.run_id)
         lo, lo_seq, hi, hi_seq = ords
-        events = await self._history(session_id, lo, lo_seq, hi, hi_seq, limit=limit + 1)
+        events = await self._history(
+            session_id, lo, lo_seq, hi, hi_seq, limit=limit + 1, kinds=kinds
+        )
         if len(events) > limit:
             del events[limit:]
             return events, events[-1].position
@@ -358,9 +367,17 @@ class SQLiteStore:
         return lo, lo_seq, hi, hi_seq
 
     async def _history(
-        self, session_id: str, lo: int, lo_seq: int, hi: int, hi_seq: int, *, limit: int | None
+        self,
+        session_id: str,
+        lo: int,
+        lo_seq: int,
+        hi: int,
+        hi_seq: int,
+        *,
+        limit: int | None,
+        kinds: Collection[str] | None = None,
     ) -> list[Event]:
-        params = {
+        params: dict[str, object] = {
             "session": session_id,
             "lo": lo,
             "lo_seq": lo_seq,
@@ -369,6 +386,12 @@ class SQLiteStore:
             "all": ALL,
         }
         sql = _HISTORY
+        if kinds is not None:
+            # One bound parameter per kind: the SQL text holds only our own names.
+            names = [f"kind{i}" for i in range(len(kinds))]
+            params.update(zip(names, kinds, strict=True))
+            sql += f" AND e.kind IN ({', '.join(':' + name for name in names)})"
+        sql += _HISTORY_ORDER
         if limit is not None:
             sql += " LIMIT :limit"
             params["limit"] = limit

@@ -76,6 +76,16 @@ async def test_http_errors_are_json_with_fitting_status(server):
                 400,
                 "INVALID_FIELD",
             ),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"kinds": ""}),
+                400,
+                "INVALID_FIELD",
+            ),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"kinds": "text,a b"}),
+                400,
+                "INVALID_FIELD",
+            ),
             (await http.post(f"/api/sessions/{sid}/abort"), 409, "NO_ACTIVE_RUN"),
         ]
         for response, status, code in cases:
@@ -84,6 +94,10 @@ async def test_http_errors_are_json_with_fitting_status(server):
             assert response.json()["error"]["message"]
         field = (await http.post("/api/sessions", json={"title": 5})).json()["error"]["field"]
         assert field == "title"
+        bad = await http.get(
+            f"/api/sessions/{sid}/events", params={"kinds": ",".join(f"k{i}" for i in range(40))}
+        )
+        assert bad.json()["error"]["field"] == "kinds"
 
 
 async def test_history_is_paginated_in_order(server):
@@ -109,6 +123,26 @@ async def test_history_is_paginated_in_order(server):
         assert [e for page in pages for e in page] == run1 + run2
         assert all(len(page) <= 4 for page in pages)
         assert_run_stream(run2, ack2["run_id"])
+
+
+async def test_history_filtered_by_kinds(server):
+    async with server.client() as client, server.http() as http:
+        ack = await client.send_message(options={"chunks": 3, "delay_ms": 0, "tool": True})
+        sid = ack["session_id"]
+        await client.subscribe(sid)
+        run = await client.events_until_complete()
+        params = {"kinds": "tool_use,tool_result,complete", "limit": 2}
+        first = (await http.get(f"/api/sessions/{sid}/events", params=params)).json()
+        following = first["next"]
+        params.update(after_run=following["run_id"], after_seq=following["seq"])
+        second = (await http.get(f"/api/sessions/{sid}/events", params=params)).json()
+        wanted = [e for e in run if e["kind"] in ("tool_use", "tool_result", "complete")]
+        assert [e["kind"] for e in wanted] == ["tool_use", "tool_result", "complete"]
+        assert first["events"] + second["events"] == wanted
+        assert second["next"] is None
+    async with server.http("bob") as other:
+        response = await other.get(f"/api/sessions/{sid}/events", params={"kinds": "text"})
+        assert response.status_code == 404
 
 
 async def test_metrics_report_the_gateway_in_prometheus_format(server):

@@ -282,6 +282,35 @@ async def test_history_pages_walk_every_run_in_order(store: SQLiteStore) -> None
         await store.history_page(sid, after=None, limit=0)
 
 
+async def test_history_pages_of_some_kinds_follow_on(store: SQLiteStore) -> None:
+    registry = MemoryRegistry(store=store)
+    sid = (await store.create_session(owner="ann", provider="echo")).session_id
+    runs = []
+    for n in range(3):
+        runs.append((await registry.start(sid, owner="ann", content=f"q{n}")).run_id)
+        registry.publish(sid, "text_delta", {"text": "."})
+        registry.publish(sid, "tool_use", {"tool_id": f"t{n}", "name": "ls", "input": {}})
+        registry.publish(sid, "text", {"text": f"a{n}"})
+        registry.complete_run(sid, exit_code=0)
+    kinds = {"tool_use", "complete"}
+    seen = []
+    after: Position | None = None
+    while True:
+        page, after = await store.history_page(sid, after=after, limit=2, kinds=kinds)
+        seen.extend(page)
+        if after is None:
+            break
+        assert after == page[-1].position
+    assert [(e.run_id, e.seq, e.kind) for e in seen] == [
+        (run, seq, kind) for run in runs for seq, kind in ((3, "tool_use"), (5, "complete"))
+    ]
+    # A kind nothing has, and the filter's values never reach the SQL text.
+    assert await store.history_page(sid, after=None, limit=5, kinds={"x') OR 1=1 --"}) == (
+        [],
+        None,
+    )
+
+
 async def test_get_run_and_latest_run(store: SQLiteStore, clock: ManualClock) -> None:
     registry = MemoryRegistry(store=store, clock=clock)
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
