@@ -61,6 +61,18 @@ class UpdateSession(msgspec.Struct, forbid_unknown_fields=True):
     status: str | None = None
 
 
+Note = Annotated[str, msgspec.Meta(max_length=10_000)]
+
+
+class Handoff(msgspec.Struct, forbid_unknown_fields=True):
+    """Handoff notes: where the work stands, for whoever continues the session."""
+
+    summary: Note
+    next_steps: Annotated[list[Note], msgspec.Meta(max_length=100)] = []
+    blockers: Annotated[list[Note], msgspec.Meta(max_length=100)] = []
+    context_for_next: dict[str, Any] = {}
+
+
 class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
     clear_queue: bool = False
 
@@ -153,6 +165,7 @@ class HttpApi:
             Route("/api/sessions/{session_id}", auth(self.update_session), methods=["PATCH"]),
             Route("/api/sessions/{session_id}", auth(self.delete_session), methods=["DELETE"]),
             Route("/api/sessions/{session_id}/read", auth(self.mark_read), methods=["POST"]),
+            Route("/api/sessions/{session_id}/handoff", auth(self.set_handoff), methods=["PUT"]),
             Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
             Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
             Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
@@ -230,6 +243,14 @@ class HttpApi:
         service = self.gateway.service
         record = await service.update_session(
             user, request.path_params["session_id"], title=body.title, status=body.status
+        )
+        return JSONResponse(service.session_json(record))
+
+    async def set_handoff(self, request: Request, user: str) -> Response:
+        body = await read_body(request, Handoff, self.gateway.settings.max_frame)
+        service = self.gateway.service
+        record = await service.set_handoff(
+            user, request.path_params["session_id"], msgspec.to_builtins(body)
         )
         return JSONResponse(service.session_json(record))
 

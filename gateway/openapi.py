@@ -72,6 +72,7 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at",
             "has_unread",
             "running_run_id",
+            "handoff",
         ],
         "properties": {
             "session_id": {"type": "string"},
@@ -82,6 +83,29 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at": {"type": "integer", "description": "ms since the Unix epoch"},
             "has_unread": {"type": "boolean"},
             "running_run_id": {"type": ["string", "null"]},
+            "handoff": {
+                "oneOf": [_ref("Handoff"), {"type": "null"}],
+                "description": "The handoff notes last written, or null",
+            },
+        },
+    },
+    "Handoff": {
+        "type": "object",
+        "required": ["summary"],
+        "additionalProperties": False,
+        "properties": {
+            "summary": {"type": "string", "maxLength": 10000},
+            "next_steps": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {"type": "string", "maxLength": 10000},
+            },
+            "blockers": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {"type": "string", "maxLength": 10000},
+            },
+            "context_for_next": {"type": "object"},
         },
     },
     "RunSummary": {
@@ -257,6 +281,14 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 "summary": "Abort its run, delete it with its runs and events, push "
                 "`session_deleted`",
                 "responses": {"204": {"description": "Deleted"}, **_errors(404)},
+            },
+        },
+        "/api/sessions/{session_id}/handoff": {
+            "parameters": [_SESSION_ID],
+            "put": {
+                "summary": "Store handoff notes on the session (replacing earlier ones)",
+                "requestBody": {"content": {"application/json": {"schema": _ref("Handoff")}}},
+                "responses": {"200": _json(session, "The session"), **_errors(400, 404, 413)},
             },
         },
         "/api/sessions/{session_id}/read": {

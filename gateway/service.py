@@ -93,6 +93,7 @@ class Service:
             "updated_at": record.updated_at,
             "has_unread": record.has_unread,
             "running_run_id": self.registry.running_run_id(record.session_id),
+            "handoff": record.handoff,
         }
 
     async def create_session(
@@ -113,6 +114,15 @@ class Service:
         if status is not None and status not in SESSION_STATUSES:
             raise invalid("status", f"expected one of {', '.join(SESSION_STATUSES)}")
         record = await self.store.update_session(session_id, owner=user, title=title, status=status)
+        if record is None:
+            raise not_found(session_id)
+        return record
+
+    async def set_handoff(
+        self, user: str, session_id: str, handoff: dict[str, Any]
+    ) -> SessionRecord:
+        """Store the session's handoff notes; ``SESSION_NOT_FOUND`` for another user's."""
+        record = await self.store.set_handoff(session_id, owner=user, handoff=handoff)
         if record is None:
             raise not_found(session_id)
         return record

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -26,6 +26,8 @@ class SessionRecord(msgspec.Struct, omit_defaults=False):
     updated_at: int
     has_unread: bool
     running_run_id: str | None
+    # The handoff notes last written (summary, next_steps, blockers, context_for_next).
+    handoff: dict[str, Any] | None = None
 
 
 class StoreStats:

@@ -83,7 +83,10 @@ _V1: Migration = (
     """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# Handoff notes on a session: a JSON object, or NULL when none were written.
+_V2: Migration = ("ALTER TABLE sessions ADD COLUMN handoff TEXT",)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

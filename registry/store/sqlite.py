@@ -39,7 +39,8 @@ _SESSION_COLUMNS = """
     s.session_id, s.owner, s.title, s.provider, s.status, s.created_at, s.updated_at,
     s.unread_since IS NOT NULL,
     (SELECT r.run_id FROM runs r WHERE r.session_id = s.session_id AND r.status = 'running'
-     ORDER BY r.ord DESC LIMIT 1)
+     ORDER BY r.ord DESC LIMIT 1),
+    s.handoff
 """
 _RUN_COLUMNS = """
     r.run_id, r.session_id, r.provider, r.status, r.started_at, r.completed_at,
@@ -553,6 +554,27 @@ class SQLiteStore:
             await self._call(update)
         return await self.get_session(session_id, owner=owner)
 
+    async def set_handoff(
+        self, session_id: str, *, owner: str, handoff: dict[str, Any]
+    ) -> SessionRecord | None:
+        """Store the session's handoff notes (replacing earlier ones); ``None`` when the
+        session is not the owner's."""
+        _check_owner(owner)
+        text = msgspec.json.encode(handoff).decode()
+        now = self._now()
+
+        async def update(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                """
+                UPDATE sessions SET handoff = ?, updated_at = MAX(updated_at, ?)
+                WHERE session_id = ? AND owner = ?
+                """,
+                (text, now, session_id, owner),
+            )
+
+        await self._call(update)
+        return await self.get_session(session_id, owner=owner)
+
     async def delete_session(self, session_id: str, *, owner: str) -> bool:
         """Delete the session with its runs and events; ``False`` when it is not the owner's."""
         _check_owner(owner)
@@ -617,7 +639,7 @@ def _check_title(title: str | None) -> None:
 
 
 def _session_record(row: Any) -> SessionRecord:
-    sid, owner, title, provider, status, created_at, updated_at, unread, running = row
+    sid, owner, title, provider, status, created_at, updated_at, unread, running, handoff = row
     return SessionRecord(
         sid,
         owner,
@@ -628,6 +650,7 @@ def _session_record(row: Any) -> SessionRecord:
         updated_at,
         bool(unread),
         running,
+        msgspec.json.decode(handoff) if handoff is not None else None,
     )
 
 

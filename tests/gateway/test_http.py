@@ -30,6 +30,7 @@ async def test_session_crud(server):
             "updated_at",
             "has_unread",
             "running_run_id",
+            "handoff",
         }
         assert (session["title"], session["provider"], session["status"]) == (
             "First",
@@ -125,6 +126,50 @@ async def test_history_is_paginated_in_order(server):
         assert_run_stream(run2, ack2["run_id"])
 
 
+async def test_handoff_notes(server):
+    notes = {
+        "summary": "Parser done; tests red on Windows paths",
+        "next_steps": ["fix path joins", "rerun CI"],
+        "blockers": ["no Windows runner"],
+        "context_for_next": {"branch": "parser", "files": ["src/parse.py"]},
+    }
+    async with server.http() as http:
+        sid = (await http.post("/api/sessions")).json()["session_id"]
+        assert (await http.get(f"/api/sessions/{sid}")).json()["handoff"] is None
+        stored = await http.put(f"/api/sessions/{sid}/handoff", json=notes)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["handoff"] == notes
+        assert (await http.get(f"/api/sessions/{sid}")).json()["handoff"] == notes
+        listed = (await http.get("/api/sessions")).json()["sessions"]
+        assert [s["handoff"] for s in listed] == [notes]
+        only = await http.put(f"/api/sessions/{sid}/handoff", json={"summary": "short"})
+        assert only.json()["handoff"] == {
+            "summary": "short",
+            "next_steps": [],
+            "blockers": [],
+            "context_for_next": {},
+        }
+        for body, field in [
+            ({}, "summary"),
+            ({"summary": 5}, "summary"),
+            ({"summary": "s", "next_steps": "one"}, "next_steps"),
+            ({"summary": "s", "next_steps": ["a", 2]}, "next_steps"),
+            ({"summary": "s", "blockers": {"a": 1}}, "blockers"),
+            ({"summary": "s", "context_for_next": []}, "context_for_next"),
+            ({"summary": "s", "colour": "red"}, "colour"),
+        ]:
+            bad = await http.put(f"/api/sessions/{sid}/handoff", json=body)
+            assert bad.status_code == 400, (body, bad.text)
+            error = bad.json()["error"]
+            assert error["code"] == "INVALID_FIELD"
+            assert error["field"].startswith(field), (body, error)
+        assert (await http.get(f"/api/sessions/{sid}")).json()["handoff"]["summary"] == "short"
+    async with server.http("bob") as other:
+        response = await other.put(f"/api/sessions/{sid}/handoff", json=notes)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "SESSION_NOT_FOUND"
+
+
 async def test_history_filtered_by_kinds(server):
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 3, "delay_ms": 0, "tool": True})
@@ -182,6 +227,7 @@ async def test_openapi_describes_every_route(server):
         "/api/sessions": {"get", "post"},
         "/api/sessions/{session_id}": {"get", "patch", "delete"},
         "/api/sessions/{session_id}/read": {"post"},
+        "/api/sessions/{session_id}/handoff": {"put"},
         "/api/sessions/{session_id}/events": {"get"},
         "/api/sessions/{session_id}/stream": {"get"},
         "/api/sessions/{session_id}/abort": {"post"},

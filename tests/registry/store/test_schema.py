@@ -91,3 +91,19 @@ async def test_migrate_refuses_a_target_it_does_not_know(db_path: Path) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         with pytest.raises(ValueError, match="target"):
             await migrate(db, target=SCHEMA_VERSION + 1)
+
+
+async def test_version_1_sessions_gain_empty_handoff_notes(db_path: Path) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        await migrate(db, target=1)
+        await db.execute(
+            "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
+            " VALUES ('s1', 'ann', 'echo', 1, 1)"
+        )
+    store = await SQLiteStore.open(db_path)
+    try:
+        record = await store.get_session("s1", owner="ann")
+        assert record is not None
+        assert record.handoff is None
+    finally:
+        await store.close()

@@ -85,6 +85,27 @@ async def test_list_by_latest_activity_with_unread_and_running_run(
     assert await store.list_sessions(owner="nobody") == []
 
 
+async def test_handoff_notes_are_stored_replaced_and_owner_checked(
+    store: SQLiteStore, clock: ManualClock
+) -> None:
+    record = await store.create_session(owner="ann", provider="echo")
+    assert record.handoff is None
+    notes = {"summary": "half done", "next_steps": ["b"], "blockers": [], "context_for_next": {}}
+    clock.advance(2)
+    updated = await store.set_handoff(record.session_id, owner="ann", handoff=notes)
+    assert updated is not None
+    assert updated.handoff == notes
+    assert updated.updated_at > record.updated_at
+    assert await store.set_handoff(record.session_id, owner="bob", handoff={"x": 1}) is None
+    again = await store.get_session(record.session_id, owner="ann")
+    assert again is not None
+    assert again.handoff == notes
+    newer = {**notes, "summary": "done", "context_for_next": {"branch": "main", "n": [1]}}
+    await store.set_handoff(record.session_id, owner="ann", handoff=newer)
+    listed = await store.list_sessions(owner="ann")
+    assert [s.handoff for s in listed] == [newer]
+
+
 async def test_update_title_and_status(store: SQLiteStore, clock: ManualClock) -> None:
     record = await store.create_session(owner="ann", provider="echo")
     clock.advance(5)
