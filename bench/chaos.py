@@ -541,3 +541,85 @@ async def catch_up(followers: list[Follower], final_run: str | None) -> None:
                 follower.violations.add(
                     f"follower of {follower.session_id} stuck at {follower.position()}"
                 )
+
+
+# A whole load ----------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Fresh sessions, each with a :class:`Sender` and followers, run and then checked.
+
+    Use: :meth:`create`, :meth:`start`, let it run, :meth:`finish` (stop sending, let
+    every run end and every follower catch up; returns each session's log), :meth:`check`.
+    """
+
+    senders: list[Sender]
+    followers: list[list[Follower]]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _sending: list[asyncio.Task[None]] = field(default_factory=list)
+    _following: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def create(
+        cls,
+        server: ServerProcess,
+        owners: list[str],
+        violations: Violations,
+        rng: random.Random,
+        *,
+        subscribers: int,
+        **sender_options: Any,
+    ) -> Load:
+        senders = [
+            Sender(
+                server,
+                user,
+                await new_session(server, user),
+                violations,
+                random.Random(rng.random()),
+                **sender_options,
+            )
+            for user in owners
+        ]
+        followers = [
+            [
+                Follower(
+                    server, s.user, s.session_id, violations, random.Random(rng.random()), 0.02
+                )
+                for _ in range(subscribers)
+            ]
+            for s in senders
+        ]
+        return cls(senders, followers)
+
+    @property
+    def everyone(self) -> list[Follower]:
+        return [f for group in self.followers for f in group]
+
+    def start(self, *, quiet: int = 0) -> None:
+        """Start following every session, and sending to all but the first ``quiet``."""
+        self._following = [asyncio.create_task(f.run()) for f in self.everyone]
+        self._sending = [asyncio.create_task(s.run(self.stop)) for s in self.senders[quiet:]]
+
+    async def finish(self) -> list[list[dict[str, Any]]]:
+        """Stop sending; once every run has ended and every follower has caught up with
+        its session's log, return the logs (one per session, in order)."""
+        self.stop.set()
+        await asyncio.gather(*self._sending)
+        senders = self.senders
+        await asyncio.gather(*(s.settle() for s in senders))
+        logs = [await history(s.server, s.user, s.session_id) for s in senders]
+        for group, log in zip(self.followers, logs, strict=True):
+            await catch_up(group, log[-1]["run_id"] if log else None)
+        await asyncio.gather(*self._following)
+        return logs
+
+    async def check(self, logs: list[list[dict[str, Any]]], violations: Violations) -> None:
+        """Every check of :mod:`bench.chaos` on every session; closes the senders."""
+        for sender, group, log in zip(self.senders, self.followers, logs, strict=True):
+            await sender.close()
+            check_log(sender.session_id, log, violations)
+            check_accepted(sender.session_id, log, sender.accepted, violations)
+            for follower in group:
+                check_received(follower, log)

@@ -30,19 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from .chaos import (
-    UNLIMITED_SENDS,
-    Follower,
-    Sender,
-    ServerProcess,
-    Violations,
-    catch_up,
-    check_accepted,
-    check_log,
-    check_received,
-    history,
-    new_session,
-)
+from .chaos import UNLIMITED_SENDS, Load, ServerProcess, Violations
 
 USERS = [f"user{i}" for i in range(5)]
 # Queued sends live in memory until their run starts, so a SIGKILL loses them (a known
@@ -112,57 +100,32 @@ async def _round(
     """One crash; returns the recovery seconds, the ``server_restart`` completes and the
     events checked."""
     owners = [USERS[i % len(USERS)] for i in range(sessions)]
-    senders = []
-    for user in owners:
-        senders.append(
-            Sender(
-                server,
-                user,
-                await new_session(server, user),
-                violations,
-                random.Random(rng.random()),
-                policies=POLICIES,
-                max_chunks=400,
-                pause=0.1,
-            )
-        )
-    followers = [
-        [
-            Follower(server, s.user, s.session_id, violations, random.Random(rng.random()), 0.02)
-            for _ in range(subscribers)
-        ]
-        for s in senders
-    ]
+    load = await Load.create(
+        server,
+        owners,
+        violations,
+        rng,
+        subscribers=subscribers,
+        policies=POLICIES,
+        max_chunks=400,
+        pause=0.1,
+    )
     # One run that is surely running at the kill (minutes long), in a session of its own.
-    anchor = senders[0]
-    await anchor.send_long()
-    stop = asyncio.Event()
-    following = [asyncio.create_task(f.run()) for group in followers for f in group]
-    sending = [asyncio.create_task(s.run(stop)) for s in senders[1:]]
+    await load.senders[0].send_long()
+    load.start(quiet=1)
     await asyncio.sleep(rng.uniform(0.2, max_load_s))
     await server.kill()
-    stop.set()
     restarted = time.monotonic()
     await server.start()
-    await asyncio.gather(*sending)
-    await asyncio.gather(*(s.settle() for s in senders))
-    logs = [await history(server, s.user, s.session_id) for s in senders]
-    for group, log in zip(followers, logs, strict=True):
-        await catch_up(group, log[-1]["run_id"] if log else None)
-    await asyncio.gather(*following)
+    logs = await load.finish()
     seconds = time.monotonic() - restarted
-    restart_completes = 0
-    events = 0
-    for sender, group, log in zip(senders, followers, logs, strict=True):
-        await sender.close()
-        check_log(sender.session_id, log, violations)
-        check_accepted(sender.session_id, log, sender.accepted, violations)
-        for follower in group:
-            check_received(follower, log)
-            events += follower.events
-        restart_completes += sum(
-            e["kind"] == "complete" and e["data"]["reason"] == "server_restart" for e in log
-        )
+    await load.check(logs, violations)
+    events = sum(f.events for f in load.everyone)
+    restart_completes = sum(
+        e["kind"] == "complete" and e["data"]["reason"] == "server_restart"
+        for log in logs
+        for e in log
+    )
     anchor_end = logs[0][-1] if logs[0] else None
     if anchor_end is None or anchor_end["data"].get("reason") != "server_restart":
         violations.add(f"the run running at the kill ended with {anchor_end}")

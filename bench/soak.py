@@ -25,15 +25,11 @@ from typing import Any
 from .chaos import (
     UNLIMITED_SENDS,
     Follower,
+    Load,
     Sender,
     ServerProcess,
     Violations,
-    catch_up,
-    check_accepted,
-    check_log,
     check_received,
-    history,
-    new_session,
     runs_of,
 )
 
@@ -142,45 +138,21 @@ async def _phase(
     """``seconds`` of load on fresh sessions, the checks, then idle past the run TTL."""
     peak = server.rss_bytes()
     owners = [USERS[i % len(USERS)] for i in range(sessions)]
-    session_ids = [await new_session(server, user) for user in owners]
-    senders = [
-        Sender(server, user, sid, violations, random.Random(rng.random()))
-        for user, sid in zip(owners, session_ids, strict=True)
-    ]
-    followers = [
-        [
-            Follower(server, user, sid, violations, random.Random(rng.random()), drop_rate=0.02)
-            for _ in range(subscribers)
-        ]
-        for user, sid in zip(owners, session_ids, strict=True)
-    ]
-    stop = asyncio.Event()
-    following = [asyncio.create_task(f.run()) for group in followers for f in group]
-    sending = [asyncio.create_task(s.run(stop)) for s in senders]
+    load = await Load.create(server, owners, violations, rng, subscribers=subscribers)
+    load.start()
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while loop.time() < end:
         await asyncio.sleep(0.5)
         peak = max(peak, server.rss_bytes())
-    stop.set()
-    await asyncio.gather(*sending)
-    await asyncio.gather(*(s.settle() for s in senders))
-    logs = [await history(server, s.user, s.session_id) for s in senders]
-    for group, log in zip(followers, logs, strict=True):
-        final = log[-1]["run_id"] if log else None
-        await catch_up(group, final)
-    await asyncio.gather(*following)
+    logs = await load.finish()
     peak = max(peak, server.rss_bytes())
-    for sender, group, log in zip(senders, followers, logs, strict=True):
-        await sender.close()
-        check_log(sender.session_id, log, violations)
-        check_accepted(sender.session_id, log, sender.accepted, violations)
-        for follower in group:
-            check_received(follower, log)
+    await load.check(logs, violations)
+    senders = load.senders
     # Past the TTL every run is evicted: late subscribers replay from the log.
     await asyncio.sleep(run_ttl + SETTLE)
     late = await _late_followers(server, senders, logs, rng, violations)
-    everyone = [f for group in followers for f in group] + late
+    everyone = load.everyone + late
     return Phase(
         events=sum(f.events for f in everyone),
         runs=sum(len(runs_of(log)) for log in logs),
