@@ -13,8 +13,10 @@ The pieces:
   with the same ``client_msg_id`` (which must come back ``duplicate`` with the same run),
   aborts at random times, and retries an unanswered send with its ``client_msg_id``
   after a connection loss, as a real client does.
-- :func:`check_session`: the log of a session, read over HTTP, against what its sender
-  was told and what each follower received.
+- :func:`check_log`, :func:`check_accepted`, :func:`check_received`: the log of a
+  session, read over HTTP, on its own, against what its sender was told, and against
+  what each follower received.
+- :class:`Load`: sessions with a sender and followers each, run, settled and checked.
 
 Every finding is a :class:`Violations` entry; a correct server produces none.
 """
@@ -541,6 +543,8 @@ async def catch_up(followers: list[Follower], final_run: str | None) -> None:
                 follower.violations.add(
                     f"follower of {follower.session_id} stuck at {follower.position()}"
                 )
+                # Counted; now let it end, so the program reports instead of hanging.
+                follower.caught_up.set()
 
 
 # A whole load ----------------------------------------------------------------------------
