@@ -166,6 +166,7 @@ class HttpApi:
             Route("/api/sessions/{session_id}", auth(self.delete_session), methods=["DELETE"]),
             Route("/api/sessions/{session_id}/read", auth(self.mark_read), methods=["POST"]),
             Route("/api/sessions/{session_id}/handoff", auth(self.set_handoff), methods=["PUT"]),
+            Route("/api/sessions/{session_id}/context", auth(self.context), methods=["GET"]),
             Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
             Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
             Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
@@ -253,6 +254,10 @@ class HttpApi:
             user, request.path_params["session_id"], msgspec.to_builtins(body)
         )
         return JSONResponse(service.session_json(record))
+
+    async def context(self, request: Request, user: str) -> Response:
+        context = await self.gateway.service.context(user, request.path_params["session_id"])
+        return json_text(frames.encode(context))
 
     async def delete_session(self, request: Request, user: str) -> Response:
         await self.gateway.service.delete_session(user, request.path_params["session_id"])

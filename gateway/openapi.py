@@ -108,6 +108,100 @@ _SCHEMAS: dict[str, Any] = {
             "context_for_next": {"type": "object"},
         },
     },
+    "Context": {
+        "type": "object",
+        "description": "What the session's event log says the agent did",
+        "required": [
+            "session_id",
+            "runs",
+            "first_start",
+            "last_activity",
+            "duration_ms",
+            "duration",
+            "events",
+            "tools",
+            "actions",
+            "errors",
+            "checkpoints",
+            "artifacts",
+            "handoff",
+        ],
+        "properties": {
+            "session_id": {"type": "string"},
+            "runs": {
+                "type": "object",
+                "properties": {
+                    "count": {"type": "integer"},
+                    "running": {"type": "integer"},
+                    "by_outcome": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "done, aborted, interrupted, error, server_restart",
+                    },
+                },
+            },
+            "first_start": {"type": ["integer", "null"], "description": "ms since the epoch"},
+            "last_activity": {"type": ["integer", "null"], "description": "ms since the epoch"},
+            "duration_ms": {"type": "integer", "description": "summed over runs"},
+            "duration": {"type": "string", "description": "for people: 45s, 3m 20s, 1h 5m"},
+            "events": {
+                "type": "object",
+                "properties": {
+                    "total": {"type": "integer"},
+                    "by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
+                },
+            },
+            "tools": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "tool uses per tool name, most used first",
+            },
+            "actions": {
+                "type": "array",
+                "description": "the last 20 tool uses and assistant texts, newest first: "
+                "run_id, seq, ts, kind, and name and input (a preview) or text",
+                "items": {"type": "object"},
+            },
+            "errors": {
+                "type": "object",
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "description": "the last 20 error events: run_id, seq, ts, message, code?",
+                        "items": {"type": "object"},
+                    },
+                    "runs": {
+                        "type": "array",
+                        "description": "runs that ended in error: run_id, started_at, "
+                        "completed_at, error, exit_code",
+                        "items": {"type": "object"},
+                    },
+                },
+            },
+            "checkpoints": {
+                "type": "array",
+                "description": "checkpoint events, oldest first: run_id, seq, ts, data",
+                "items": {"type": "object"},
+            },
+            "artifacts": {
+                "type": "array",
+                "description": "files the agents' file tools changed, first touched first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "action": {"type": "string", "enum": ["created", "modified", "deleted"]},
+                        "tool": {"type": "string"},
+                        "changes": {"type": "integer"},
+                        "run_id": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "ts": {"type": "integer"},
+                    },
+                },
+            },
+            "handoff": {"oneOf": [_ref("Handoff"), {"type": "null"}]},
+        },
+    },
     "RunSummary": {
         "type": "object",
         "required": [
@@ -289,6 +383,13 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 "summary": "Store handoff notes on the session (replacing earlier ones)",
                 "requestBody": {"content": {"application/json": {"schema": _ref("Handoff")}}},
                 "responses": {"200": _json(session, "The session"), **_errors(400, 404, 413)},
+            },
+        },
+        "/api/sessions/{session_id}/context": {
+            "parameters": [_SESSION_ID],
+            "get": {
+                "summary": "The session's context, derived from its event log",
+                "responses": {"200": _json(_ref("Context"), "The context"), **_errors(404)},
             },
         },
         "/api/sessions/{session_id}/read": {

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from providers import ProviderRegistry, make_source
+from providers.artifacts import FILE_TOOLS
 from registry import (
     Clock,
     RegistryError,
@@ -19,8 +20,10 @@ from registry import (
     StartResult,
     Subscription,
 )
+from registry.clock import to_ms
 from registry.store import SessionRecord, SQLiteStore
 
+from .context import RECENT, build_context
 from .errors import GatewayError, invalid, not_found
 from .frames import Send
 from .hub import Hub
@@ -69,6 +72,7 @@ class Service:
         self.store = store
         self.providers = providers
         self.hub = hub
+        self.clock = clock
         self.limiter = RateLimiter(settings.send_rate, settings.send_burst, clock)
         # Cleared when shutdown begins: from then on sends are refused.
         self.accepting = True
@@ -126,6 +130,12 @@ class Service:
         if record is None:
             raise not_found(session_id)
         return record
+
+    async def context(self, user: str, session_id: str) -> dict[str, Any]:
+        """The session's context, derived from its log (see :mod:`gateway.context`)."""
+        record = await self.session(user, session_id)
+        digest = await self.store.digest(session_id, file_tools=FILE_TOOLS, recent=RECENT)
+        return build_context(record, digest, now_ms=to_ms(self.clock.now()))
 
     async def delete_session(self, user: str, session_id: str) -> None:
         """Abort the session's run, forget it, delete it and tell the owner's connections."""

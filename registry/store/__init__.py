@@ -5,6 +5,7 @@ queued without waiting and committed in batches by one writer task; reads replay
 registry's buffers no longer hold, across restarts.
 """
 
+from .digest import Digest, RunFacts, ToolResult
 from .errors import StoreError
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -15,9 +16,12 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SESSION_STATUSES",
+    "Digest",
+    "RunFacts",
     "SQLiteStore",
     "SessionRecord",
     "SessionStatus",
     "StoreError",
     "StoreStats",
+    "ToolResult",
 ]

@@ -86,7 +86,12 @@ _V1: Migration = (
 # Handoff notes on a session: a JSON object, or NULL when none were written.
 _V2: Migration = ("ALTER TABLE sessions ADD COLUMN handoff TEXT",)
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+# Events by kind within a run: a session's totals per kind are read off this index without
+# touching event data, and the filtered reads (tool uses, errors, ``?kinds=``) seek to
+# their kind in each run instead of scanning it.
+_V3: Migration = ("CREATE INDEX events_by_kind ON events (run_id, kind)",)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

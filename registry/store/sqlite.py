@@ -26,6 +26,7 @@ from ..clock import Clock, SystemClock, to_ms
 from ..errors import UnknownRun
 from ..events import COMPLETE, Event, Outcome, Position, RunStatus, RunSummary, Turn, complete_data
 from ..ids import new_session_id
+from .digest import Digest, read_digest
 from .errors import StoreError
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import NewerSchema, migrate
@@ -402,6 +403,26 @@ class SQLiteStore:
             Event(session_id, run_id, seq, kind, ts, decode(data))
             for run_id, seq, kind, ts, data in rows
         ]
+
+    async def digest(
+        self,
+        session_id: str,
+        *,
+        file_tools: Collection[str] = (),
+        recent: int = 20,
+        max_checkpoints: int = 100,
+    ) -> Digest:
+        """What the session's log says about it (see :mod:`registry.store.digest`):
+        ``recent`` newest actions and errors, ``max_checkpoints`` newest checkpoints, and
+        every ``tool_use`` of the ``file_tools`` with its result. Flushes first."""
+        await self.flush()
+        return await read_digest(
+            self._fetch,
+            session_id,
+            file_tools=file_tools,
+            recent=recent,
+            max_checkpoints=max_checkpoints,
+        )
 
     # providers.ConversationStore --------------------------------------------------------
 

@@ -25,6 +25,7 @@ from gateway.app import Gateway, create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
 from providers import ProviderRegistry
+from registry import ManualClock
 
 TOKENS = {"tokA": "alice", "tokB": "bob"}
 USER_TOKEN = {user: token for token, user in TOKENS.items()}
@@ -154,6 +155,30 @@ class Firehose:
             if index % 50 == 0:
                 await asyncio.sleep(0)
             yield "text_delta", {"text": text}
+
+
+class Scripted:
+    """A test provider that plays ``options["script"]``: ``[kind, data]`` pairs, and
+    ``["advance", seconds]`` to move its clock, ``["fail", message]`` to raise. Each run
+    announces a provider session id ``agent-<n>`` and records what it was asked."""
+
+    name = "agent"
+
+    def __init__(self, clock: ManualClock | None = None) -> None:
+        self.clock = clock
+        self.requests: list[Any] = []
+
+    async def stream(self, request: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self.requests.append(request)
+        yield "session_created", {"provider_session_id": f"agent-{len(self.requests)}"}
+        for kind, data in request.options.get("script", []):
+            if kind == "advance":
+                assert self.clock is not None
+                self.clock.advance(data)
+            elif kind == "fail":
+                raise RuntimeError(data)
+            else:
+                yield kind, data
 
 
 def free_socket() -> socket.socket:

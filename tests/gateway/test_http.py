@@ -228,6 +228,7 @@ async def test_openapi_describes_every_route(server):
         "/api/sessions/{session_id}": {"get", "patch", "delete"},
         "/api/sessions/{session_id}/read": {"post"},
         "/api/sessions/{session_id}/handoff": {"put"},
+        "/api/sessions/{session_id}/context": {"get"},
         "/api/sessions/{session_id}/events": {"get"},
         "/api/sessions/{session_id}/stream": {"get"},
         "/api/sessions/{session_id}/abort": {"post"},

@@ -51,6 +51,8 @@ async def test_http_on_another_users_session_is_404(server):
             ("DELETE", "", None),
             ("POST", "/read", None),
             ("GET", "/events", None),
+            ("GET", "/context", None),
+            ("PUT", "/handoff", {"summary": "mine now"}),
             ("GET", "/stream", None),
             ("POST", "/abort", None),
         ]
@@ -81,6 +83,7 @@ async def test_every_route_but_healthz_needs_a_token(server):
             ("POST", "/api/sessions"),
             ("GET", f"/api/sessions/{MISSING}"),
             ("GET", f"/api/sessions/{MISSING}/events"),
+            ("GET", f"/api/sessions/{MISSING}/context"),
             ("GET", f"/api/sessions/{MISSING}/stream"),
             ("GET", "/api/runs"),
         ]:
