@@ -2,15 +2,21 @@
 
 :func:`read_digest` gathers the raw facts a session context is made of (runs, totals per
 kind and per tool, the newest actions and errors, checkpoints, file-tool uses); turning
-them into a summary, and knowing which tools touch files, is the caller's part. Every
-query walks the session's runs by ``runs_by_session`` and their events by ``events_by_kind``
-(totals without reading event data; filtered reads seek to their kinds); the newest-first
-ones stop at their limit.
+them into a summary, and knowing which tools touch files, is the caller's part. The
+queries walk the session's runs by ``runs_by_session`` and their events by
+``events_by_kind`` (totals without reading event data); newest-first reads stop at their
+limit.
+
+A completed run's events never change (the log is append-only and a run gains no events
+after its ``complete``), so :class:`DigestCache` keeps the digest of a session's completed
+runs and a later read only covers the runs started since: a long session costs its full
+read once, then only what is new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -19,17 +25,22 @@ from ..events import Event
 
 Fetch = Callable[[str, Any], Awaitable[list[Any]]]
 
-# A session's events joined to their runs; ``:session`` is bound by every query.
-_EVENTS = "FROM runs r CROSS JOIN events e WHERE r.session_id = :session AND e.run_id = r.run_id"
+# A session's events (of runs after ``:after``) joined to their runs.
+_EVENTS = """
+    FROM runs r CROSS JOIN events e
+    WHERE r.session_id = :session AND r.ord > :after AND e.run_id = r.run_id
+"""
 _NEWEST = " ORDER BY r.ord DESC, e.seq DESC"
-# Events read by key per query: three bound parameters each, far below SQLite's limit.
-_KEYS_PER_QUERY = 500
+# Strings in kept event data are cut to this length: a digest holds what a summary shows,
+# not a file an agent wrote.
+MAX_STRING = 1_000
 
 
 class RunFacts(NamedTuple):
     """One run as the digest sees it (times in ms since the epoch)."""
 
     run_id: str
+    ord: int
     status: str
     outcome: str | None
     error: str | None
@@ -46,7 +57,8 @@ class ToolResult(NamedTuple):
 
 
 class Digest(NamedTuple):
-    """The raw facts of a session's log. Event lists hold whole events."""
+    """The raw facts of a session's log (or of its runs after some point). Kept events
+    have their long strings cut to :data:`MAX_STRING`."""
 
     runs: list[RunFacts]
     """Every run, in start order."""
@@ -66,18 +78,24 @@ class Digest(NamedTuple):
     results: dict[tuple[str, str], ToolResult]
     """Per (run_id, tool_id) of a file-tool use: its result, when there is one."""
 
+    def completed(self) -> bool:
+        """Whether every run in it has completed (so it can no longer change)."""
+        return all(run.status == "completed" for run in self.runs)
 
-async def read_digest(
-    fetch: Fetch,
-    session_id: str,
-    *,
-    file_tools: Collection[str],
-    recent: int,
-    max_checkpoints: int,
-) -> Digest:
-    """The digest of one session; ``fetch(sql, params)`` runs a read on the store."""
+
+class Limits(NamedTuple):
+    """What a digest reads: which tools change files and how many recent events to keep."""
+
+    file_tools: frozenset[str]
+    recent: int
+    max_checkpoints: int
+
+
+async def read_digest(fetch: Fetch, session_id: str, limits: Limits, *, after: int = -1) -> Digest:
+    """The digest of one session's runs whose ``ord`` is past ``after`` (default: all);
+    ``fetch(sql, params)`` runs a read on the store."""
     decoder = msgspec.json.Decoder(dict[str, Any])
-    params: dict[str, Any] = {"session": session_id}
+    params: dict[str, Any] = {"session": session_id, "after": after}
 
     async def events(where: str, extra: dict[str, Any], tail: str) -> list[Event]:
         rows = await fetch(
@@ -85,7 +103,7 @@ async def read_digest(
             {**params, **extra},
         )
         return [
-            Event(session_id, run_id, seq, kind, ts, decoder.decode(data))
+            Event(session_id, run_id, seq, kind, ts, _cut(decoder.decode(data)))
             for run_id, seq, kind, ts, data in rows
         ]
 
@@ -93,8 +111,8 @@ async def read_digest(
         RunFacts(*row)
         for row in await fetch(
             """
-            SELECT run_id, status, outcome, error, exit_code, started_at, completed_at
-            FROM runs WHERE session_id = :session ORDER BY ord
+            SELECT run_id, ord, status, outcome, error, exit_code, started_at, completed_at
+            FROM runs WHERE session_id = :session AND ord > :after ORDER BY ord
             """,
             params,
         )
@@ -107,104 +125,128 @@ async def read_digest(
     ):
         kinds[kind] = kinds.get(kind, 0) + count
     last = await fetch(f"SELECT e.ts {_EVENTS}{_NEWEST} LIMIT 1", params)
-    newest = {"limit": recent}
-    actions = await events("e.kind IN ('tool_use', 'text')", newest, _NEWEST + " LIMIT :limit")
-    errors = await events("e.kind = 'error'", newest, _NEWEST + " LIMIT :limit")
+    tools = {
+        str(name): int(count)
+        for name, count in await fetch(
+            f"""
+            SELECT json_extract(e.data, '$.name'), count(*) {_EVENTS} AND e.kind = 'tool_use'
+            GROUP BY 1
+            """,
+            params,
+        )
+        if name is not None
+    }
+    newest = {"limit": limits.recent}
     checkpoints = await events(
-        "e.kind = 'checkpoint'", {"limit": max_checkpoints}, _NEWEST + " LIMIT :limit"
+        "e.kind = 'checkpoint'", {"limit": limits.max_checkpoints}, _NEWEST + " LIMIT :limit"
     )
     checkpoints.reverse()
-    tools, file_uses, results = await _tool_uses(fetch, session_id, params, file_tools)
+    names = {f"tool{i}": name for i, name in enumerate(sorted(limits.file_tools))}
+    file_uses: list[Event] = []
+    if names:
+        marks = ", ".join(":" + key for key in names)
+        file_uses = await events(
+            f"e.kind = 'tool_use' AND json_extract(e.data, '$.name') IN ({marks})",
+            names,
+            " ORDER BY r.ord, e.seq",
+        )
     return Digest(
         runs=runs,
         kinds=kinds,
         last_event_ts=int(last[0][0]) if last else None,
         tools=tools,
-        actions=actions,
-        errors=errors,
+        actions=await events("e.kind IN ('tool_use', 'text')", newest, _NEWEST + " LIMIT :limit"),
+        errors=await events("e.kind = 'error'", newest, _NEWEST + " LIMIT :limit"),
         checkpoints=checkpoints,
         file_uses=file_uses,
-        results=results,
+        results=await _results(fetch, file_uses),
     )
 
 
-async def _tool_uses(
-    fetch: Fetch, session_id: str, params: dict[str, Any], file_tools: Collection[str]
-) -> tuple[dict[str, int], list[Event], dict[tuple[str, str], ToolResult]]:
-    """Uses per tool name, the file-tool uses, and their results.
+def merge(older: Digest, newer: Digest, limits: Limits) -> Digest:
+    """One digest of ``older``'s runs followed by ``newer``'s."""
+    return Digest(
+        runs=older.runs + newer.runs,
+        kinds=_add(older.kinds, newer.kinds),
+        last_event_ts=newer.last_event_ts
+        if newer.last_event_ts is not None
+        else older.last_event_ts,
+        tools=_add(older.tools, newer.tools),
+        actions=(newer.actions + older.actions)[: limits.recent],
+        errors=(newer.errors + older.errors)[: limits.recent],
+        checkpoints=(older.checkpoints + newer.checkpoints)[-limits.max_checkpoints :]
+        if limits.max_checkpoints
+        else [],
+        file_uses=older.file_uses + newer.file_uses,
+        results={**older.results, **newer.results},
+    )
 
-    JSON is parsed once per ``tool_use`` and ``tool_result`` row (a two-path
-    ``json_extract``); whole events are then read by key for the file-tool uses only, and
-    result texts only for the whole-file writes among them.
+
+class DigestCache:
+    """The digests of sessions' completed runs, for the ``size`` sessions read last.
+
+    Valid because completed runs never change; a deleted session must be forgotten.
+    Entries are per ``Limits``: a read with other limits starts over.
     """
-    decoder = msgspec.json.Decoder(dict[str, Any])
-    heads = msgspec.json.Decoder(tuple[Any, Any])
-    counts: dict[str, int] = {}
-    wanted: list[tuple[str, int]] = []
-    for run_id, seq, head in await fetch(
-        f"""
-        SELECT e.run_id, e.seq, json_extract(e.data, '$.name', '$.tool_id') {_EVENTS}
-            AND e.kind = 'tool_use' ORDER BY r.ord, e.seq
-        """,
-        params,
-    ):
-        name, _ = heads.decode(head)
-        if isinstance(name, str):
-            counts[name] = counts.get(name, 0) + 1
-            if name in file_tools:
-                wanted.append((run_id, seq))
-    uses = [
-        Event(session_id, run_id, seq, kind, ts, decoder.decode(data))
-        for run_id, seq, kind, ts, data in await _by_key(
-            fetch, wanted, "e.run_id, e.seq, e.kind, e.ts, e.data"
-        )
-    ]
-    if not uses:
-        return counts, uses, {}
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Limits, Digest]] = OrderedDict()
+
+    async def read(self, fetch: Fetch, session_id: str, limits: Limits) -> Digest:
+        """The whole session's digest: the cached completed runs plus a read of the rest."""
+        entry = self._entries.get(session_id)
+        cached = entry[1] if entry is not None and entry[0] == limits else None
+        after = cached.runs[-1].ord if cached is not None and cached.runs else -1
+        fresh = await read_digest(fetch, session_id, limits, after=after)
+        whole = merge(cached, fresh, limits) if cached is not None else fresh
+        if whole.completed() and self.size > 0:
+            self._entries[session_id] = (limits, whole)
+            self._entries.move_to_end(session_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return whole
+
+    def forget(self, session_id: str) -> None:
+        self._entries.pop(session_id, None)
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    total = dict(a)
+    for key, count in b.items():
+        total[key] = total.get(key, 0) + count
+    return total
+
+
+def _cut(value: Any) -> Any:
+    """``value`` with every string longer than :data:`MAX_STRING` cut to that length."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_STRING else value[:MAX_STRING]
+    if isinstance(value, dict):
+        return {key: _cut(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cut(item) for item in value]
+    return value
+
+
+async def _results(fetch: Fetch, uses: list[Event]) -> dict[tuple[str, str], ToolResult]:
+    """The results of ``uses``, read from only the runs they are in."""
     run_ids = sorted({use.run_id for use in uses})
+    if not run_ids:
+        return {}
     marks = ", ".join("?" * len(run_ids))
-    results: dict[tuple[str, str], tuple[int, bool]] = {}
-    for run_id, seq, head in await fetch(
+    rows = await fetch(
         f"""
-        SELECT run_id, seq, json_extract(data, '$.tool_id', '$.is_error') FROM events
-        WHERE run_id IN ({marks}) AND kind = 'tool_result'
+        SELECT run_id, json_extract(data, '$.tool_id'), json_extract(data, '$.is_error'),
+            substr(json_extract(data, '$.content'), 1, 200)
+        FROM events WHERE run_id IN ({marks}) AND kind = 'tool_result'
         """,
         run_ids,
-    ):
-        tool_id, is_error = heads.decode(head)
-        results[(run_id, str(tool_id))] = (seq, bool(is_error))
-    found: dict[tuple[str, str], ToolResult] = {}
-    texts: list[tuple[str, int]] = []
-    for use in uses:
-        key = (use.run_id, str(use.data.get("tool_id")))
-        if key in results:
-            seq, is_error = results[key]
-            found[key] = ToolResult(is_error, None)
-            texts.append((use.run_id, seq))
-    for run_id, _seq, tool_id, content in await _by_key(
-        fetch,
-        texts,
-        "e.run_id, e.seq, e.data ->> '$.tool_id', substr(e.data ->> '$.content', 1, 200)",
-    ):
-        key = (run_id, str(tool_id))
-        if key in found and isinstance(content, str):
-            found[key] = found[key]._replace(content=content)
-    return counts, uses, found
-
-
-async def _by_key(fetch: Fetch, keys: list[tuple[str, int]], columns: str) -> list[Any]:
-    """``columns`` of the events at ``keys`` (run_id, seq), in the order given."""
-    rows: list[Any] = []
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        values = ", ".join("(?, ?, ?)" for _ in chunk)
-        flat = [part for i, (run_id, seq) in enumerate(chunk) for part in (i, run_id, seq)]
-        rows += await fetch(
-            f"""
-            WITH k(i, run_id, seq) AS (VALUES {values})
-            SELECT {columns} FROM k JOIN events e ON e.run_id = k.run_id AND e.seq = k.seq
-            ORDER BY k.i
-            """,
-            flat,
+    )
+    return {
+        (str(run_id), str(tool_id)): ToolResult(
+            bool(is_error), content if isinstance(content, str) else None
         )
-    return rows
+        for run_id, tool_id, is_error, content in rows
+        if tool_id is not None
+    }

@@ -26,7 +26,7 @@ from ..clock import Clock, SystemClock, to_ms
 from ..errors import UnknownRun
 from ..events import COMPLETE, Event, Outcome, Position, RunStatus, RunSummary, Turn, complete_data
 from ..ids import new_session_id
-from .digest import Digest, read_digest
+from .digest import Digest, DigestCache, Limits
 from .errors import StoreError
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import NewerSchema, migrate
@@ -93,6 +93,7 @@ class SQLiteStore:
         # run_id -> its complete event's data, from append() until run_completed().
         self._completes: dict[str, dict[str, Any]] = {}
         self._decoder = msgspec.json.Decoder(dict[str, Any])
+        self._digests = DigestCache()
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -414,15 +415,11 @@ class SQLiteStore:
     ) -> Digest:
         """What the session's log says about it (see :mod:`registry.store.digest`):
         ``recent`` newest actions and errors, ``max_checkpoints`` newest checkpoints, and
-        every ``tool_use`` of the ``file_tools`` with its result. Flushes first."""
+        every ``tool_use`` of the ``file_tools`` with its result. Flushes first; completed
+        runs are read once and then remembered."""
         await self.flush()
-        return await read_digest(
-            self._fetch,
-            session_id,
-            file_tools=file_tools,
-            recent=recent,
-            max_checkpoints=max_checkpoints,
-        )
+        limits = Limits(frozenset(file_tools), recent, max_checkpoints)
+        return await self._digests.read(self._fetch, session_id, limits)
 
     # providers.ConversationStore --------------------------------------------------------
 
@@ -606,7 +603,9 @@ class SQLiteStore:
             )
             return cursor.rowcount > 0
 
-        return bool(await self._call(delete))
+        deleted = bool(await self._call(delete))
+        self._digests.forget(session_id)
+        return deleted
 
     async def mark_read(self, session_id: str, *, owner: str) -> bool:
         """Clear the session's unread mark; ``False`` when it is not the owner's."""
