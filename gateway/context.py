@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from providers.artifacts import WRITTEN, file_changes
-from registry import Event
+from registry import Event, Turn
 from registry.store import Digest, SessionRecord
 
 # Actions and errors shown; texts in them are cut to this many characters.
@@ -149,3 +149,47 @@ def _error(event: Event) -> dict[str, Any]:
     if "code" in event.data:
         entry["code"] = event.data["code"]
     return entry
+
+
+# How much of the source a fork's summary repeats.
+SUMMARY_TURNS = 6
+SUMMARY_FILES = 20
+SUMMARY_TEXT = 500
+
+
+def fork_summary(context: dict[str, Any], turns: list[Turn]) -> str:
+    """The first message of a fork whose provider cannot resume its source: what the
+    session did up to the fork point, from its context and its last exchanges."""
+    runs = context["runs"]
+    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in runs["by_outcome"].items() if n)
+    lines = [
+        "This conversation continues an earlier session, forked at this point. "
+        "What happened there:",
+        f"- {runs['count']} runs ({outcomes or 'none finished'}) over {context['duration']}.",
+    ]
+    handoff = context.get("handoff")
+    if handoff:
+        lines.append(f"- Handoff summary: {handoff['summary']}")
+        lines += [f"- Next step: {step}" for step in handoff.get("next_steps", [])]
+        lines += [f"- Blocker: {blocker}" for blocker in handoff.get("blockers", [])]
+    if context["tools"]:
+        used = ", ".join(f"{name} ({n})" for name, n in context["tools"].items())
+        lines.append(f"- Tools used: {used}.")
+    files = context["artifacts"][-SUMMARY_FILES:]
+    if files:
+        lines.append(
+            "- Files changed: " + ", ".join(f"{a['path']} ({a['action']})" for a in files) + "."
+        )
+    errors = context["errors"]["events"][:3]
+    if errors:
+        lines.append("- Recent errors: " + "; ".join(e["message"] for e in errors) + ".")
+    if turns:
+        lines.append("Last exchanges:")
+        for turn in turns[-SUMMARY_TURNS:]:
+            text = (
+                turn.content
+                if len(turn.content) <= SUMMARY_TEXT
+                else turn.content[:SUMMARY_TEXT] + "…"
+            )
+            lines.append(f"{turn.role.capitalize()}: {text}")
+    return "\n".join(lines)

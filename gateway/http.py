@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from registry import Position, RegistryError
+from registry.store import ForkPoint
 
 from . import frames
 from .errors import GatewayError, invalid
@@ -71,6 +72,14 @@ class Handoff(msgspec.Struct, forbid_unknown_fields=True):
     next_steps: Annotated[list[Note], msgspec.Meta(max_length=100)] = []
     blockers: Annotated[list[Note], msgspec.Meta(max_length=100)] = []
     context_for_next: dict[str, Any] = {}
+
+
+class ForkBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Where to fork (default: the end) and the new session's title (default: the same)."""
+
+    run_id: Name | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0, le=frames.MAX_INT)] | None = None
+    title: Title | None = None
 
 
 class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -167,6 +176,7 @@ class HttpApi:
             Route("/api/sessions/{session_id}/read", auth(self.mark_read), methods=["POST"]),
             Route("/api/sessions/{session_id}/handoff", auth(self.set_handoff), methods=["PUT"]),
             Route("/api/sessions/{session_id}/context", auth(self.context), methods=["GET"]),
+            Route("/api/sessions/{session_id}/fork", auth(self.fork), methods=["POST"]),
             Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
             Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
             Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
@@ -258,6 +268,17 @@ class HttpApi:
     async def context(self, request: Request, user: str) -> Response:
         context = await self.gateway.service.context(user, request.path_params["session_id"])
         return json_text(frames.encode(context))
+
+    async def fork(self, request: Request, user: str) -> Response:
+        body = await read_body(request, ForkBody, self.gateway.settings.max_frame)
+        if body.seq is not None and body.run_id is None:
+            raise invalid("run_id", "required with seq")
+        at = ForkPoint(body.run_id, body.seq) if body.run_id is not None else None
+        service = self.gateway.service
+        record = await service.fork(
+            user, request.path_params["session_id"], at=at, title=body.title
+        )
+        return JSONResponse(service.session_json(record), status_code=201)
 
     async def delete_session(self, request: Request, user: str) -> Response:
         await self.gateway.service.delete_session(user, request.path_params["session_id"])

@@ -21,9 +21,9 @@ from registry import (
     Subscription,
 )
 from registry.clock import to_ms
-from registry.store import SessionRecord, SQLiteStore
+from registry.store import BadForkPoint, ForkPoint, SessionRecord, SQLiteStore
 
-from .context import RECENT, build_context
+from .context import RECENT, build_context, fork_summary
 from .errors import GatewayError, invalid, not_found
 from .frames import Send
 from .hub import Hub
@@ -98,6 +98,7 @@ class Service:
             "has_unread": record.has_unread,
             "running_run_id": self.registry.running_run_id(record.session_id),
             "handoff": record.handoff,
+            "forked_from": record.forked_from,
         }
 
     async def create_session(
@@ -136,6 +137,23 @@ class Service:
         record = await self.session(user, session_id)
         digest = await self.store.digest(session_id, file_tools=FILE_TOOLS, recent=RECENT)
         return build_context(record, digest, now_ms=to_ms(self.clock.now()))
+
+    async def fork(
+        self, user: str, session_id: str, *, at: ForkPoint | None, title: str | None = None
+    ) -> SessionRecord:
+        """Fork the caller's session at ``at`` (``None``: its end) into a new session, and
+        write the summary its provider starts from if it cannot resume the source."""
+        try:
+            record = await self.store.fork_session(session_id, owner=user, at=at, title=title)
+        except BadForkPoint as exc:
+            raise invalid(exc.field, str(exc)) from None
+        if record is None:
+            raise not_found(session_id)
+        fork_id = record.session_id
+        context = await self.context(user, fork_id)
+        turns = await self.store.turns(fork_id)
+        await self.store.set_fork_summary(fork_id, fork_summary(context, turns))
+        return record
 
     async def delete_session(self, user: str, session_id: str) -> None:
         """Abort the session's run, forget it, delete it and tell the owner's connections."""

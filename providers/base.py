@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from registry import RegistryError, RunContext, Source, Turn
+from registry import ForkOrigin, RegistryError, RunContext, Source, Turn
 
 Item = tuple[str, dict[str, Any]]
 """One event as a provider streams it: a kind and its data."""
@@ -31,6 +31,18 @@ class ProviderRequest(NamedTuple):
     history: list[Turn]
     """Earlier turns of the session, oldest first, without this turn's prompt. Only filled
     for providers that keep no server-side conversation (``wants_history``)."""
+    fork: ForkOrigin | None = None
+    """For a forked session until its provider records a session id of its own: how to
+    continue the conversation it was forked from (resume the source's provider session
+    with the provider's fork option, count its turns, or start from its summary)."""
+
+
+def with_summary(origin: ForkOrigin, content: str) -> str:
+    """The prompt of a fork's first run for a provider that cannot resume the source's
+    conversation: the fork's summary, then the prompt."""
+    if not origin.summary:
+        return content
+    return f"{origin.summary}\n\n---\n\n{content}"
 
 
 @runtime_checkable
@@ -67,6 +79,10 @@ class ConversationStore(Protocol):
 
     async def turns(self, session_id: str) -> list[Turn]:
         """The session's earlier user prompts and assistant texts, oldest first."""
+        ...
+
+    async def fork_origin(self, session_id: str) -> ForkOrigin | None:
+        """For a forked session, how its provider continues the source's conversation."""
         ...
 
 
@@ -144,8 +160,11 @@ def make_source(
     async def source(context: RunContext) -> AsyncIterator[Item]:
         resume_id: str | None = None
         history: list[Turn] = []
+        fork: ForkOrigin | None = None
         if store is not None:
             resume_id = await store.resume_id(context.session_id)
+            if resume_id is None:
+                fork = await store.fork_origin(context.session_id)
             if wants_history:
                 history = await store.turns(context.session_id)
         request = ProviderRequest(
@@ -155,6 +174,7 @@ def make_source(
             options=dict(frozen),
             resume_id=resume_id,
             history=history,
+            fork=fork,
         )
         events = provider.stream(request)
         try:

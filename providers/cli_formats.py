@@ -60,12 +60,21 @@ class CliFormat:
     """Arguments to resume a conversation; ``{id}`` stands for the provider session id."""
     trailing: tuple[str, ...] = ()
     """Arguments after everything else (codex: ``-``, read the prompt from stdin)."""
+    fork: tuple[str, ...] = ()
+    """Arguments after the resume arguments that continue a copy of the conversation under
+    a new id, leaving the original as it was (claude: ``--fork-session``); empty when the
+    CLI has none."""
 
-    def argv(self, base: tuple[str, ...], extra: list[str], resume_id: str | None) -> list[str]:
-        """The arguments after the executable: ``base``, knob arguments, resume, trailer."""
+    def argv(
+        self, base: tuple[str, ...], extra: list[str], resume_id: str | None, *, fork: bool = False
+    ) -> list[str]:
+        """The arguments after the executable: ``base``, knob arguments, resume (forking
+        the conversation when ``fork``), trailer."""
         args = [*base, *extra]
         if resume_id is not None:
             args += [part.replace("{id}", resume_id) for part in self.resume]
+            if fork:
+                args += self.fork
         return [*args, *self.trailing]
 
     def parser(self) -> LineParser:
@@ -464,6 +473,7 @@ CLAUDE = CliFormat(
     executable="claude",
     args=("-p", "--output-format", "stream-json", "--verbose"),
     resume=("--resume", "{id}"),
+    fork=("--fork-session",),
 )
 CODEX = CliFormat(
     name="codex",

@@ -20,7 +20,7 @@ import msgspec
 
 from registry import SESSION_CREATED
 
-from .base import Item, ProviderRequest
+from .base import Item, ProviderRequest, with_summary
 from .cli_formats import Ending, LineParser
 from .lines import Line, LineReader, Oversized
 from .options import choice_option, refuse_unknown
@@ -41,6 +41,18 @@ _MASK = "[provider-session]"
 _MIN_MASKED_ID = 8
 
 _decode = msgspec.json.Decoder().decode
+
+
+def _continuation(request: ProviderRequest, *, can_fork: bool) -> tuple[str | None, bool, str]:
+    """The resume id, whether to fork it, and the prompt: a fork's first run resumes its
+    source's conversation with the CLI's fork option where it can, else starts a new one
+    from the fork's summary."""
+    origin = request.fork
+    if request.resume_id is not None or origin is None:
+        return request.resume_id, False, request.content
+    if origin.resume_id is not None and can_fork:
+        return origin.resume_id, True, request.content
+    return None, False, with_summary(origin, request.content)
 
 
 class CommandProvider:
@@ -69,14 +81,15 @@ class CommandProvider:
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[Item, None]:
         """Run the command for one turn and stream its events, then ``complete``."""
         spec = self.spec
-        argv = spec.argv(self._knob_args(request.options), request.resume_id)
-        mask = _Mask(request.resume_id)
+        resume_id, fork, content = _continuation(request, can_fork=bool(spec.cli.fork))
+        argv = spec.argv(self._knob_args(request.options), resume_id, fork=fork)
+        mask = _Mask(resume_id)
         async with AsyncExitStack() as stack:
             try:
                 group = await stack.enter_async_context(
                     open_group(
                         argv,
-                        stdin=request.content.encode(),
+                        stdin=content.encode(),
                         cwd=spec.cwd,
                         env=spec.environment(),
                         grace=spec.grace,

@@ -77,11 +77,13 @@ class CommandSpec:
     def provider_name(self) -> str:
         return self.name or self.format
 
-    def argv(self, extra: list[str], resume_id: str | None) -> list[str]:
-        """The full command line: executable, arguments, knob arguments, resume."""
+    def argv(self, extra: list[str], resume_id: str | None, *, fork: bool = False) -> list[str]:
+        """The full command line: executable, arguments, knob arguments, resume (as a fork
+        of the conversation when ``fork``)."""
         cli = self.cli
         base = self.args if self.args is not None else cli.args
-        return [self.executable or cli.executable, *cli.argv(base, extra, resume_id)]
+        args = cli.argv(base, extra, resume_id, fork=fork)
+        return [self.executable or cli.executable, *args]
 
     def environment(self) -> dict[str, str]:
         """The command's environment."""

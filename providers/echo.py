@@ -2,7 +2,8 @@
 
 It streams the prompt back as ``text_delta`` chunks, then the whole reply as one ``text``,
 then ``complete``. It gives every conversation a provider session id and counts the turns
-of each, so resuming a session is visible end to end: the reply ends with ``(turn N)``.
+of each, so resuming a session is visible end to end: the reply ends with ``(turn N)``. A
+fork's first run starts a new conversation that carries the count of its source's turns.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class EchoProvider:
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[Item, None]:
         """Echo ``request.content``; see :class:`EchoOptions` for the knobs."""
         options = EchoOptions.parse(request.options)
-        provider_session_id, turn = self._next_turn(request.resume_id)
+        carried = request.fork.turns if request.fork is not None else 0
+        provider_session_id, turn = self._next_turn(request.resume_id, carried)
         yield SESSION_CREATED, {"provider_session_id": provider_session_id}
 
         if options.chunk is not None:
@@ -142,9 +144,11 @@ class EchoProvider:
         if options.extra_complete:
             yield "complete", {**done, "extra": True}
 
-    def _next_turn(self, resume_id: str | None) -> tuple[str, int]:
+    def _next_turn(self, resume_id: str | None, carried: int) -> tuple[str, int]:
+        """The conversation to continue and its turn number; a new conversation starts
+        after ``carried`` turns (those a fork holds from its source)."""
         provider_session_id = resume_id or f"echo-{uuid.uuid4().hex}"
-        turn = self._turns.pop(provider_session_id, 0) + 1
+        turn = self._turns.pop(provider_session_id, 0 if resume_id else carried) + 1
         self._turns[provider_session_id] = turn
         while len(self._turns) > self.max_sessions:
             self._turns.popitem(last=False)

@@ -6,7 +6,17 @@ Knows nothing of HTTP, WebSockets or any provider. Create a :class:`MemoryRegist
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import QueueFull, RegistryError, RunInProgress, ShuttingDown, UnknownRun
-from .events import COMPLETE, SESSION_CREATED, USER_MESSAGE, Emit, Event, Position, RunSummary, Turn
+from .events import (
+    COMPLETE,
+    SESSION_CREATED,
+    USER_MESSAGE,
+    Emit,
+    Event,
+    ForkOrigin,
+    Position,
+    RunSummary,
+    Turn,
+)
 from .hooks import NullPersistence, Persistence
 from .memory import MemoryRegistry, Policy, RegistryStats, RunNotice, StartResult
 from .protocol import RunRegistry
@@ -20,6 +30,7 @@ __all__ = [
     "Clock",
     "Emit",
     "Event",
+    "ForkOrigin",
     "Lagged",
     "ManualClock",
     "MemoryRegistry",

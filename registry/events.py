@@ -38,6 +38,18 @@ class Turn(NamedTuple):
     content: str
 
 
+class ForkOrigin(NamedTuple):
+    """How a forked session's first run continues the conversation it was forked from."""
+
+    resume_id: str | None
+    """The source's provider session id, when resuming it (with the provider's own fork
+    option) gives exactly the conversation up to the fork point; else ``None``."""
+    turns: int
+    """How many user prompts the fork holds from its source."""
+    summary: str | None
+    """What happened up to the fork point, for a provider that cannot resume it."""
+
+
 class Position(NamedTuple):
     """Where an event stands: the run and the seq inside it."""
 

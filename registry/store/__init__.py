@@ -7,6 +7,7 @@ registry's buffers no longer hold, across restarts.
 
 from .digest import Digest, RunFacts, ToolResult
 from .errors import StoreError
+from .fork import BadForkPoint, ForkPoint
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .sqlite import DEFAULT_PATH, SQLiteStore
@@ -16,7 +17,9 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SESSION_STATUSES",
+    "BadForkPoint",
     "Digest",
+    "ForkPoint",
     "RunFacts",
     "SQLiteStore",
     "SessionRecord",

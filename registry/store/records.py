@@ -28,6 +28,9 @@ class SessionRecord(msgspec.Struct, omit_defaults=False):
     running_run_id: str | None
     # The handoff notes last written (summary, next_steps, blockers, context_for_next).
     handoff: dict[str, Any] | None = None
+    # Where the session was forked from: {session_id, run_id, seq} (run_id and seq are
+    # null when the fork copied nothing), or None.
+    forked_from: dict[str, Any] | None = None
 
 
 class StoreStats:

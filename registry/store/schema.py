@@ -91,7 +91,14 @@ _V2: Migration = ("ALTER TABLE sessions ADD COLUMN handoff TEXT",)
 # their kind in each run instead of scanning it.
 _V3: Migration = ("CREATE INDEX events_by_kind ON events (run_id, kind)",)
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# Forks: where a session was forked from ({session_id, run_id, seq} as JSON), and how its
+# provider continues the conversation (a ForkOrigin as JSON); both NULL for other sessions.
+_V4: Migration = (
+    "ALTER TABLE sessions ADD COLUMN forked_from TEXT",
+    "ALTER TABLE sessions ADD COLUMN fork_origin TEXT",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

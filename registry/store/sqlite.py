@@ -24,10 +24,21 @@ import msgspec
 
 from ..clock import Clock, SystemClock, to_ms
 from ..errors import UnknownRun
-from ..events import COMPLETE, Event, Outcome, Position, RunStatus, RunSummary, Turn, complete_data
+from ..events import (
+    COMPLETE,
+    Event,
+    ForkOrigin,
+    Outcome,
+    Position,
+    RunStatus,
+    RunSummary,
+    Turn,
+    complete_data,
+)
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
 from .errors import StoreError
+from .fork import ForkPoint, ForkRequest, write_fork
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import NewerSchema, migrate
 from .writer import ALL, INSERT_EVENT, ProviderId, RunEnd, RunStart, Writer
@@ -41,7 +52,7 @@ _SESSION_COLUMNS = """
     s.unread_since IS NOT NULL,
     (SELECT r.run_id FROM runs r WHERE r.session_id = s.session_id AND r.status = 'running'
      ORDER BY r.ord DESC LIMIT 1),
-    s.handoff
+    s.handoff, s.forked_from
 """
 _RUN_COLUMNS = """
     r.run_id, r.session_id, r.provider, r.status, r.started_at, r.completed_at,
@@ -440,6 +451,22 @@ class SQLiteStore:
         value = rows[0][0] if rows else None
         return str(value) if value else None
 
+    async def fork_origin(self, session_id: str) -> ForkOrigin | None:
+        """How a forked session's provider continues its source's conversation; ``None``
+        for a session that is not a fork."""
+        rows = await self._fetch(
+            "SELECT fork_origin FROM sessions WHERE session_id = ?", (session_id,)
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        origin = msgspec.json.decode(rows[0][0], type=dict[str, Any])
+        resume_id, summary = origin.get("resume_id"), origin.get("summary")
+        return ForkOrigin(
+            resume_id if isinstance(resume_id, str) else None,
+            int(origin.get("turns") or 0),
+            summary if isinstance(summary, str) else None,
+        )
+
     async def turns(self, session_id: str) -> list[Turn]:
         """The session's finished exchanges, oldest first: each run's user message, then its
         assistant text (its ``text`` events, or else its joined ``text_delta`` chunks)."""
@@ -593,6 +620,53 @@ class SQLiteStore:
         await self._call(update)
         return await self.get_session(session_id, owner=owner)
 
+    async def fork_session(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        at: ForkPoint | None = None,
+        title: str | None = None,
+    ) -> SessionRecord | None:
+        """A new session of the same owner and provider whose log is a copy of this one's up
+        to ``at`` (its last event copied; ``None``: the end, as far as it has gone), with
+        the same handoff notes. ``None`` when the session is not the owner's; raises
+        :class:`~registry.store.fork.BadForkPoint` for a position not in it.
+
+        See :mod:`registry.store.fork` for what is copied; the new session's
+        :meth:`fork_origin` says how its provider continues (without a summary until
+        :meth:`set_fork_summary`). ``title`` defaults to the source's.
+        """
+        _check_owner(owner)
+        _check_title(title)
+        new_id = new_session_id()
+        now = self._now()
+
+        async def fork(db: aiosqlite.Connection) -> bool:
+            return await write_fork(
+                db,
+                ForkRequest(session_id, owner, new_id, title, at, now),
+                allocate_ords=self._allocate_ords,
+            )
+
+        if not await self._call(fork):
+            return None
+        return await self.get_session(new_id, owner=owner)
+
+    async def set_fork_summary(self, session_id: str, summary: str) -> None:
+        """Store the summary a forked session's provider starts from when it cannot resume."""
+
+        async def update(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                """
+                UPDATE sessions SET fork_origin = json_set(fork_origin, '$.summary', ?)
+                WHERE session_id = ? AND fork_origin IS NOT NULL
+                """,
+                (summary, session_id),
+            )
+
+        await self._call(update)
+
     async def delete_session(self, session_id: str, *, owner: str) -> bool:
         """Delete the session with its runs and events; ``False`` when it is not the owner's."""
         _check_owner(owner)
@@ -621,6 +695,12 @@ class SQLiteStore:
         return bool(await self._call(clear))
 
     # Helpers ----------------------------------------------------------------------------
+
+    def _allocate_ords(self, count: int) -> int:
+        """Reserve ``count`` start-order numbers; the first of them."""
+        first = self._next_ord + 1
+        self._next_ord += count
+        return first
 
     def _now(self) -> int:
         return to_ms(self._clock.now())
@@ -659,7 +739,8 @@ def _check_title(title: str | None) -> None:
 
 
 def _session_record(row: Any) -> SessionRecord:
-    sid, owner, title, provider, status, created_at, updated_at, unread, running, handoff = row
+    sid, owner, title, provider, status, created_at, updated_at, unread, running = row[:9]
+    handoff, forked_from = row[9:]
     return SessionRecord(
         sid,
         owner,
@@ -671,6 +752,7 @@ def _session_record(row: Any) -> SessionRecord:
         bool(unread),
         running,
         msgspec.json.decode(handoff) if handoff is not None else None,
+        msgspec.json.decode(forked_from) if forked_from is not None else None,
     )
 
 

@@ -14,7 +14,7 @@ import anyio
 from providers import CommandSpec, Provider, ProviderRequest, make_source
 from providers.base import ConversationStore, Item
 from providers.cli_formats import FORMATS, FormatName
-from registry import Event, MemoryRegistry, NullPersistence, Turn
+from registry import Event, ForkOrigin, MemoryRegistry, NullPersistence, Turn
 
 FAKES = Path(__file__).parent / "fakes"
 OWNER = "alice"
@@ -93,6 +93,7 @@ class FakeConversationStore(NullPersistence):
 
     def __init__(self) -> None:
         self.provider_ids: dict[str, str] = {}
+        self.forks: dict[str, ForkOrigin] = {}
         self.recorded: list[tuple[str, str, str]] = []
         self.events: dict[str, list[Event]] = defaultdict(list)
         self.resume_calls: list[str] = []
@@ -107,6 +108,9 @@ class FakeConversationStore(NullPersistence):
     async def resume_id(self, session_id: str) -> str | None:
         self.resume_calls.append(session_id)
         return self.provider_ids.get(session_id)
+
+    async def fork_origin(self, session_id: str) -> ForkOrigin | None:
+        return self.forks.get(session_id)
 
     async def turns(self, session_id: str) -> list[Turn]:
         finished = {e.run_id for e in self.events[session_id] if e.kind == "complete"}

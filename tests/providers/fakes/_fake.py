@@ -67,8 +67,16 @@ def main(fmt: str) -> None:
         with open(record, "a") as file:
             file.write(json.dumps({"argv": argv, "cwd": os.getcwd(), "prompt": prompt}) + "\n")
     resumed = resume_id(fmt, argv)
-    session = resumed or str(uuid.uuid4())
-    mode = "resumed conversation" if resumed else "new conversation"
+    forked = "--fork-session" in argv
+    # Like claude's --fork-session: the resumed conversation continues under a new id.
+    session = str(uuid.uuid4()) if forked or not resumed else resumed
+    mode = (
+        "forked conversation"
+        if forked
+        else "resumed conversation"
+        if resumed
+        else "new conversation"
+    )
     values = {"session": session, "prompt": prompt, "mode": mode}
     words = prompt.split()
     scenario = (
