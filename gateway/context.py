@@ -165,7 +165,8 @@ def fork_summary(context: dict[str, Any], turns: list[Turn]) -> str:
     lines = [
         "This conversation continues an earlier session, forked at this point. "
         "What happened there:",
-        f"- {runs['count']} runs ({outcomes or 'none finished'}) over {context['duration']}.",
+        f"- {runs['count']} run{'' if runs['count'] == 1 else 's'} "
+        f"({outcomes or 'none finished'}) over {context['duration']}.",
     ]
     handoff = context.get("handoff")
     if handoff:

@@ -73,6 +73,7 @@ _SCHEMAS: dict[str, Any] = {
             "has_unread",
             "running_run_id",
             "handoff",
+            "forked_from",
         ],
         "properties": {
             "session_id": {"type": "string"},
@@ -86,6 +87,21 @@ _SCHEMAS: dict[str, Any] = {
             "handoff": {
                 "oneOf": [_ref("Handoff"), {"type": "null"}],
                 "description": "The handoff notes last written, or null",
+            },
+            "forked_from": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["session_id", "run_id", "seq"],
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "run_id": {"type": ["string", "null"]},
+                            "seq": {"type": ["integer", "null"]},
+                        },
+                    },
+                    {"type": "null"},
+                ],
+                "description": "The session and position this session was forked at, or null",
             },
         },
     },
@@ -390,6 +406,33 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             "get": {
                 "summary": "The session's context, derived from its event log",
                 "responses": {"200": _json(_ref("Context"), "The context"), **_errors(404)},
+            },
+        },
+        "/api/sessions/{session_id}/fork": {
+            "parameters": [_SESSION_ID],
+            "post": {
+                "summary": "Fork the session at a position (default: its end) into a new one",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "run_id": {"type": "string"},
+                                    "seq": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "the last event copied (0: none of "
+                                        "the run); default: the run's last",
+                                    },
+                                    "title": {"type": "string", "maxLength": 500},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {"201": _json(session, "The new session"), **_errors(400, 404, 413)},
             },
         },
         "/api/sessions/{session_id}/read": {

@@ -160,7 +160,8 @@ class Firehose:
 class Scripted:
     """A test provider that plays ``options["script"]``: ``[kind, data]`` pairs, and
     ``["advance", seconds]`` to move its clock, ``["fail", message]`` to raise. Each run
-    announces a provider session id ``agent-<n>`` and records what it was asked."""
+    records what it was asked and announces a provider session id ``agent-<n>`` (the n-th
+    request), unless ``options["no_id"]``."""
 
     name = "agent"
 
@@ -170,7 +171,8 @@ class Scripted:
 
     async def stream(self, request: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         self.requests.append(request)
-        yield "session_created", {"provider_session_id": f"agent-{len(self.requests)}"}
+        if not request.options.get("no_id"):
+            yield "session_created", {"provider_session_id": f"agent-{len(self.requests)}"}
         for kind, data in request.options.get("script", []):
             if kind == "advance":
                 assert self.clock is not None

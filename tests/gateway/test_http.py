@@ -31,6 +31,7 @@ async def test_session_crud(server):
             "has_unread",
             "running_run_id",
             "handoff",
+            "forked_from",
         }
         assert (session["title"], session["provider"], session["status"]) == (
             "First",
@@ -229,6 +230,7 @@ async def test_openapi_describes_every_route(server):
         "/api/sessions/{session_id}/read": {"post"},
         "/api/sessions/{session_id}/handoff": {"put"},
         "/api/sessions/{session_id}/context": {"get"},
+        "/api/sessions/{session_id}/fork": {"post"},
         "/api/sessions/{session_id}/events": {"get"},
         "/api/sessions/{session_id}/stream": {"get"},
         "/api/sessions/{session_id}/abort": {"post"},

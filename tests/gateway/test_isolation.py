@@ -52,6 +52,7 @@ async def test_http_on_another_users_session_is_404(server):
             ("POST", "/read", None),
             ("GET", "/events", None),
             ("GET", "/context", None),
+            ("POST", "/fork", None),
             ("PUT", "/handoff", {"summary": "mine now"}),
             ("GET", "/stream", None),
             ("POST", "/abort", None),
@@ -84,6 +85,7 @@ async def test_every_route_but_healthz_needs_a_token(server):
             ("GET", f"/api/sessions/{MISSING}"),
             ("GET", f"/api/sessions/{MISSING}/events"),
             ("GET", f"/api/sessions/{MISSING}/context"),
+            ("POST", f"/api/sessions/{MISSING}/fork"),
             ("GET", f"/api/sessions/{MISSING}/stream"),
             ("GET", "/api/runs"),
         ]:
