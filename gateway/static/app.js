@@ -169,6 +169,15 @@ class Transcript {
       text += ` \u00b7 ${((ts - run.startedTs) / 1000).toFixed(1)} s`;
     }
     const mark = el("div", { class: "run-end", "data-reason": reason, text });
+    mark.append(
+      el("button", {
+        type: "button",
+        class: "fork-here",
+        "data-run-id": runId,
+        title: "Continue from the end of this run in a new session",
+        text: "Fork from here",
+      }),
+    );
     if (note) mark.append(el("div", { class: "run-end-note", text: note }));
     run.el.append(mark);
     if (this.atBottom(200)) this.scrollToEnd();
@@ -284,6 +293,46 @@ const KIND_RENDERERS = {
   },
 };
 
+/** The context panel's sections for a session's context. */
+function renderContext(ctx) {
+  const section = (title, cls, items, empty) => [
+    el("h3", { text: title }),
+    items.length
+      ? el("ul", { class: cls }, ...items)
+      : el("p", { class: `${cls} muted`, text: empty }),
+  ];
+  const item = (text, count) =>
+    el("li", {}, el("span", { text }), count === undefined ? "" : el("span", { class: "count", text: String(count) }));
+  const runs = ctx.runs;
+  const outcomes = Object.entries(runs.by_outcome)
+    .filter(([, n]) => n)
+    .map(([outcome, n]) => `${n} ${outcome}`)
+    .join(", ");
+  const summary = el("p", {
+    class: "ctx-summary",
+    text: `${runs.count} run${runs.count === 1 ? "" : "s"}${outcomes ? ` (${outcomes})` : ""} \u00b7 ${ctx.duration} \u00b7 ${ctx.events.total} events`,
+  });
+  const errors = [
+    ...ctx.errors.runs.map((r) => item(`Run ended in error: ${r.error ?? "unknown"}`)),
+    ...ctx.errors.events.map((e) => item(e.message)),
+  ];
+  const parts = [
+    summary,
+    ...section("Tools used", "ctx-tools", Object.entries(ctx.tools).map(([name, n]) => item(name, n)), "No tools used."),
+    ...section("Files touched", "ctx-files", ctx.artifacts.map((a) => item(`${a.path} (${a.action})`, a.changes)), "No files changed."),
+    ...section("Errors", "ctx-errors", errors, "No errors."),
+  ];
+  if (ctx.checkpoints.length) {
+    parts.push(...section("Checkpoints", "ctx-checkpoints", ctx.checkpoints.map((c) => item(asText(c.data.label ?? c.data))), ""));
+  }
+  if (ctx.handoff) {
+    const notes = [item(ctx.handoff.summary), ...ctx.handoff.next_steps.map((step) => item(`Next: ${step}`))];
+    notes.push(...ctx.handoff.blockers.map((b) => item(`Blocked: ${b}`)));
+    parts.push(...section("Handoff", "ctx-handoff", notes, ""));
+  }
+  return parts;
+}
+
 /** The page: sidebar, transcript, composer, wired to one RunwireClient. */
 class App {
   constructor(token) {
@@ -355,6 +404,13 @@ class App {
       }
     });
     $("backdrop").addEventListener("click", () => this.toggleSidebar(false));
+    $("fork").addEventListener("click", () => this.forkAt({}));
+    $("transcript").addEventListener("click", (e) => {
+      const button = e.target.closest?.(".fork-here");
+      if (button) this.forkAt({ run_id: button.dataset.runId });
+    });
+    $("context-toggle").addEventListener("click", () => this.toggleContext());
+    $("context-close").addEventListener("click", () => this.toggleContext(false));
     window.addEventListener("hashchange", () => {
       const id = this.hashSession();
       if (id && id !== this.current) this.openSession(id);
@@ -544,6 +600,7 @@ class App {
       this.upsert(patch);
     }
     if (run.session_id === this.current && this.running?.run_id === run.run_id) this.setRunning(null);
+    if (run.session_id === this.current && this.contextOpen()) this.loadContext();
   }
 
   // The open session ----------------------------------------------------------------------
@@ -585,6 +642,7 @@ class App {
       return;
     }
     if (gen !== this.openGen) return;
+    if (this.contextOpen()) this.loadContext();
     const transcript = this.transcript;
     transcript.root.replaceChildren();
     transcript.addAll(history.events);
@@ -681,6 +739,17 @@ class App {
     $("session-title").textContent = s ? s.title || "Untitled session" : this.current ? "Session" : "New session";
     const meta = s ? [s.provider, s.status !== "active" ? s.status : null].filter(Boolean).join(" \u00b7 ") : "";
     $("session-meta").textContent = meta;
+    $("fork").hidden = !this.current;
+    $("context-toggle").hidden = !this.current;
+    const origin = s?.forked_from;
+    const link = $("forked-from");
+    link.hidden = !origin;
+    if (origin) {
+      const source = this.sessions.get(origin.session_id);
+      link.textContent = `forked from ${source?.title || "another session"}`;
+      link.href = `#s/${encodeURIComponent(origin.session_id)}`;
+      link.dataset.session = origin.session_id;
+    }
     $("provider-row").hidden = Boolean(this.current);
     const readonly = s && s.status !== "active";
     $("readonly-note").hidden = !readonly;
@@ -750,6 +819,46 @@ class App {
       this.notice(err);
       $("stop").disabled = false;
     }
+  }
+
+  /** Fork the open session at a position ({} = its end) and open the new session. */
+  async forkAt(position) {
+    const source = this.current;
+    if (!source) return;
+    try {
+      const record = await this.client.fork(source, position);
+      this.upsert(record);
+      await this.openSession(record.session_id);
+    } catch (err) {
+      this.notice(err);
+    }
+  }
+
+  // Context panel -------------------------------------------------------------------------
+
+  contextOpen() {
+    return document.body.classList.contains("context-open");
+  }
+
+  toggleContext(open) {
+    const show = open ?? !this.contextOpen();
+    document.body.classList.toggle("context-open", show);
+    $("context-panel").hidden = !show;
+    $("context-toggle").setAttribute("aria-expanded", String(show));
+    if (show) this.loadContext();
+  }
+
+  async loadContext() {
+    const id = this.current;
+    if (!id) return;
+    let context;
+    try {
+      context = await this.client.context(id);
+    } catch (err) {
+      this.notice(err);
+      return;
+    }
+    if (id === this.current) $("context-body").replaceChildren(...renderContext(context));
   }
 
   // Status --------------------------------------------------------------------------------

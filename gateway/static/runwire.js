@@ -698,6 +698,38 @@ export class RunwireClient {
     return { events, last };
   }
 
+  /** The session's context: runs, tools used, files touched, errors, checkpoints, handoff. */
+  context(sessionId) {
+    return this.http(`/api/sessions/${encodeURIComponent(sessionId)}/context`);
+  }
+
+  /**
+   * Store handoff notes on the session: {summary, next_steps?, blockers?, context_for_next?}.
+   * Resolves with the session record.
+   */
+  handoff(sessionId, notes) {
+    return this.http(`/api/sessions/${encodeURIComponent(sessionId)}/handoff`, {
+      method: "PUT",
+      body: notes,
+    });
+  }
+
+  /**
+   * Fork the session into a new one that continues from a position: {run_id, seq?} (seq
+   * omitted: the whole run; nothing: the end). Resolves with the new session's record,
+   * whose forked_from names the source and the position.
+   */
+  fork(sessionId, { run_id, seq, title } = {}) {
+    const body = {};
+    if (run_id !== undefined && run_id !== null) body.run_id = run_id;
+    if (seq !== undefined && seq !== null) body.seq = seq;
+    if (title !== undefined && title !== null) body.title = title;
+    return this.http(`/api/sessions/${encodeURIComponent(sessionId)}/fork`, {
+      method: "POST",
+      body,
+    });
+  }
+
   // Storage -------------------------------------------------------------------------------
 
   _storageGet(sessionId) {

@@ -22,6 +22,7 @@ from ..ids import RunIds
 
 _encoder = msgspec.json.Encoder()
 
+FORK_MARK = " (fork)"
 # The cut run's closing event says why it ended there.
 FORK_POINT = "the session was forked at this point"
 
@@ -73,7 +74,7 @@ class ForkRequest(NamedTuple):
     owner: str
     new_id: str
     title: str | None
-    """The new session's title; ``None``: the source's."""
+    """The new session's title; ``None``: the source's, marked ``(fork)``."""
     at: ForkPoint | None
     now_ms: int
 
@@ -108,7 +109,7 @@ async def write_fork(
             request.new_id,
             request.owner,
             provider,
-            request.title if request.title is not None else source_title,
+            request.title if request.title is not None else fork_title(source_title),
             request.now_ms,
             request.now_ms,
             handoff,
@@ -128,6 +129,11 @@ async def write_fork(
         (_json(ForkOrigin(resume_id, turns, None)._asdict()), request.new_id),
     )
     return True
+
+
+def fork_title(title: str | None) -> str | None:
+    """A fork's default title: its source's, marked (still at most 500 characters)."""
+    return None if title is None else title[: 500 - len(FORK_MARK)] + FORK_MARK
 
 
 def _json(value: Any) -> str:

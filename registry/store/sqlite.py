@@ -635,7 +635,7 @@ class SQLiteStore:
 
         See :mod:`registry.store.fork` for what is copied; the new session's
         :meth:`fork_origin` says how its provider continues (without a summary until
-        :meth:`set_fork_summary`). ``title`` defaults to the source's.
+        :meth:`set_fork_summary`). ``title`` defaults to the source's, marked ``(fork)``.
         """
         _check_owner(owner)
         _check_title(title)

@@ -291,3 +291,57 @@ def test_sidebar_unread_rename_archive_delete(context: Any, server: Server, tmp_
 
     page.reload()
     expect(page.locator(".session .title")).to_have_text(["second session"])
+
+
+def test_fork_mid_history_opens_the_new_session_with_its_context(
+    context: Any, server: Server, tmp_path: Path
+):
+    page = open_page(context, server)
+    quick = {"chunks": 3, "delay_ms": 0}
+    send(page, "alpha", {**quick, "tool": True})
+    source = session_id(page)
+    expect(page.locator(RUN_END)).to_have_count(1)
+    send(page, "beta", quick)
+    expect(page.locator(RUN_END)).to_have_count(2)
+    send(page, "gamma", {**quick, "fail_after": 1})
+    expect(page.locator(RUN_END)).to_have_count(3)
+    page.evaluate("([id]) => runwireClient.handoff(id, {summary: 'alpha is the keeper'})", [source])
+
+    # The source's context: tools used, the failed run, the handoff notes.
+    page.locator("#context-toggle").click()
+    expect(page.locator("#context-panel .ctx-summary")).to_contain_text("3 runs")
+    expect(page.locator("#context-panel .ctx-tools")).to_contain_text("echo")
+    expect(page.locator("#context-panel .ctx-errors")).to_contain_text("echo failed after 1")
+    expect(page.locator("#context-panel .ctx-handoff")).to_contain_text("alpha is the keeper")
+
+    # Fork from the end of the first run: the new session shows only that run.
+    first_run = page.locator("#transcript .run").first.get_attribute("data-run-id")
+    page.locator("#transcript .run").first.locator(".fork-here").click()
+    page.wait_for_function("(id) => !location.hash.endsWith(id)", arg=source)
+    fork = session_id(page)
+    assert fork != source
+    expect(page.locator("#transcript .run")).to_have_count(1)
+    expect(page.locator("#transcript .run")).to_contain_text("(turn 1)")
+    assert assistant_text(page) == "alpha (turn 1)"
+    expect(page.locator("#transcript")).not_to_contain_text("beta")
+    expect(page.locator("#forked-from")).to_have_text("forked from alpha")
+    expect(page.locator("#forked-from")).to_have_attribute("data-session", source)
+    record = page.evaluate("([id]) => runwireClient.http(`/api/sessions/${id}`)", [fork])
+    assert record["forked_from"]["session_id"] == source
+    assert record["forked_from"]["run_id"] == first_run
+    # The panel follows the open session: one run, the inherited notes, no errors.
+    expect(page.locator("#context-panel .ctx-summary")).to_contain_text("1 run ")
+    expect(page.locator("#context-panel .ctx-errors")).to_have_text("No errors.")
+    expect(page.locator("#context-panel .ctx-handoff")).to_contain_text("alpha is the keeper")
+
+    # The fork continues the conversation from there: echo's second turn.
+    send(page, "delta", quick)
+    expect(page.locator(RUN_END)).to_have_count(2)
+    expect(page.locator(ASSISTANT).last).to_have_text("delta (turn 2)")
+    expect(page.locator(".session")).to_have_count(2)
+
+    # The source is as it was.
+    page.locator("#forked-from").click()
+    page.wait_for_function("(id) => location.hash.endsWith(id)", arg=source)
+    expect(page.locator(RUN_END)).to_have_count(3)
+    save_screenshot(page, tmp_path, "fork")

@@ -78,7 +78,7 @@ async def test_a_fork_at_the_end_copies_the_history_and_continues(served: Served
             "seq": before[-1]["seq"],
         }
         assert (session["title"], session["provider"], session["handoff"]) == (
-            "Plan",
+            "Plan (fork)",
             "echo",
             notes,
         )
