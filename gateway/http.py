@@ -82,6 +82,13 @@ class ForkBody(msgspec.Struct, forbid_unknown_fields=True):
     title: Title | None = None
 
 
+class CheckpointBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A point worth returning to, marked by a client in the running run."""
+
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    data: dict[str, Any] = {}
+
+
 class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
     clear_queue: bool = False
 
@@ -177,6 +184,7 @@ class HttpApi:
             Route("/api/sessions/{session_id}/handoff", auth(self.set_handoff), methods=["PUT"]),
             Route("/api/sessions/{session_id}/context", auth(self.context), methods=["GET"]),
             Route("/api/sessions/{session_id}/fork", auth(self.fork), methods=["POST"]),
+            Route("/api/sessions/{session_id}/checkpoint", auth(self.checkpoint), methods=["POST"]),
             Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
             Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
             Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
@@ -279,6 +287,17 @@ class HttpApi:
             user, request.path_params["session_id"], at=at, title=body.title
         )
         return JSONResponse(service.session_json(record), status_code=201)
+
+    async def checkpoint(self, request: Request, user: str) -> Response:
+        body = await read_body(request, CheckpointBody, self.gateway.settings.max_frame)
+        data: dict[str, Any] = {"label": body.label, "source": "client"}
+        if body.data:
+            data["data"] = body.data
+        session_id = request.path_params["session_id"]
+        event = await self.gateway.service.checkpoint(user, session_id, data)
+        return JSONResponse(
+            {"session_id": session_id, "run_id": event.run_id, "seq": event.seq}, status_code=201
+        )
 
     async def delete_session(self, request: Request, user: str) -> Response:
         await self.gateway.service.delete_session(user, request.path_params["session_id"])

@@ -435,6 +435,31 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 "responses": {"201": _json(session, "The new session"), **_errors(400, 404, 413)},
             },
         },
+        "/api/sessions/{session_id}/checkpoint": {
+            "parameters": [_SESSION_ID],
+            "post": {
+                "summary": "Mark a checkpoint event in the session's running run",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["label"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "label": {"type": "string", "minLength": 1, "maxLength": 500},
+                                    "data": {"type": "object"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "201": _json(_ref("Position"), "Where the checkpoint is: run_id and seq"),
+                    **_errors(400, 404, 409, 413),
+                },
+            },
+        },
         "/api/sessions/{session_id}/read": {
             "parameters": [_SESSION_ID],
             "post": {

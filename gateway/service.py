@@ -14,6 +14,7 @@ from providers import ProviderRegistry, make_source
 from providers.artifacts import FILE_TOOLS
 from registry import (
     Clock,
+    Event,
     RegistryError,
     RunRegistry,
     RunSummary,
@@ -237,6 +238,17 @@ class Service:
         if summary is None:
             raise GatewayError("NO_ACTIVE_RUN", f"session {session_id} has no running run")
         return summary
+
+    async def checkpoint(self, user: str, session_id: str, data: dict[str, Any]) -> Event:
+        """Mark a point in the session's running run with a ``checkpoint`` event, as a
+        client (a person, an orchestrator) sees it; ``NO_ACTIVE_RUN`` when none runs."""
+        await self.session(user, session_id)
+        event = None
+        if self.registry.running_run_id(session_id) is not None:
+            event = self.registry.publish(session_id, "checkpoint", data)
+        if event is None:
+            raise GatewayError("NO_ACTIVE_RUN", f"session {session_id} has no running run")
+        return event
 
     def list_runs(self, user: str, status: Literal["running", "all"]) -> list[RunSummary]:
         """The caller's run summaries."""

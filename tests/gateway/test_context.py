@@ -222,3 +222,39 @@ def test_duration_text() -> None:
         -5: "0s",
     }
     assert {ms: duration_text(ms) for ms in cases} == cases
+
+
+async def test_a_client_marks_a_checkpoint_in_the_running_run(served: Served) -> None:
+    client = await served.open()
+    async with served.http() as http:
+        sid = (await http.post("/api/sessions", json={"provider": "echo"})).json()["session_id"]
+        url = f"/api/sessions/{sid}/checkpoint"
+        idle = await http.post(url, json={"label": "nothing runs"})
+        assert idle.status_code == 409
+        assert idle.json()["error"]["code"] == "NO_ACTIVE_RUN"
+        ack = await client.send_message(sid, options={"hang": True, "chunks": 2, "delay_ms": 0})
+        await client.subscribe(sid, ack["run_id"])
+        marked = await http.post(url, json={"label": "tests green", "data": {"commit": "abc"}})
+        assert marked.status_code == 201, marked.text
+        where = marked.json()
+        for body, field in [
+            ({}, "label"),
+            ({"label": ""}, "label"),
+            ({"label": "x", "at": 1}, "at"),
+        ]:
+            bad = await http.post(url, json=body)
+            assert bad.status_code == 400, (body, bad.text)
+            assert bad.json()["error"]["field"].startswith(field)
+        while True:
+            event = await client.next_of("event")
+            if event["kind"] == "checkpoint":
+                break
+        await client.request({"type": "abort", "session_id": sid})
+        context = (await http.get(f"/api/sessions/{sid}/context")).json()
+    async with served.http("bob") as other:
+        assert (await other.post(url, json={"label": "mine"})).status_code == 404
+
+    assert (where["run_id"], where["seq"]) == (ack["run_id"], event["seq"])
+    assert event["data"] == {"label": "tests green", "source": "client", "data": {"commit": "abc"}}
+    [checkpoint] = context["checkpoints"]
+    assert (checkpoint["run_id"], checkpoint["seq"]) == (ack["run_id"], event["seq"])

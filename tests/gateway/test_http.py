@@ -231,6 +231,7 @@ async def test_openapi_describes_every_route(server):
         "/api/sessions/{session_id}/handoff": {"put"},
         "/api/sessions/{session_id}/context": {"get"},
         "/api/sessions/{session_id}/fork": {"post"},
+        "/api/sessions/{session_id}/checkpoint": {"post"},
         "/api/sessions/{session_id}/events": {"get"},
         "/api/sessions/{session_id}/stream": {"get"},
         "/api/sessions/{session_id}/abort": {"post"},

@@ -53,6 +53,7 @@ async def test_http_on_another_users_session_is_404(server):
             ("GET", "/events", None),
             ("GET", "/context", None),
             ("POST", "/fork", None),
+            ("POST", "/checkpoint", {"label": "mine now"}),
             ("PUT", "/handoff", {"summary": "mine now"}),
             ("GET", "/stream", None),
             ("POST", "/abort", None),
