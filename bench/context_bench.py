@@ -9,7 +9,9 @@ it, and prints one JSON object per line:
   is read), median of 3 starts;
 - ``context_50k_events_ms_p50`` / ``_p99``: request to parsed response over loopback, 51
   requests after that first one (the completed runs' digest is then remembered);
-- ``context_50k_events_bytes``: the size of the answer.
+- ``context_50k_events_bytes``: the size of the answer;
+- ``fork_50k_events_ms``: ``POST /api/sessions/{id}/fork`` at the end of that session (the
+  copy of every run and event, and the new session's context for its summary).
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ async def main(quick: bool) -> None:
                     assert body["events"]["total"] == runs * per_run, body["events"]
                     if start == 0:
                         times = [await timed(http, url) for _ in range(repeats)]
+                        started = time.perf_counter()
+                        forked = await http.post(f"/api/sessions/{sid}/fork")
+                        forked.raise_for_status()
+                        fork_ms = (time.perf_counter() - started) * 1000
             finally:
                 await server.stop()
     times.sort()
@@ -122,6 +128,7 @@ async def main(quick: bool) -> None:
     emit(f"{label}_ms_p50", statistics.median(times), "ms")
     emit(f"{label}_ms_p99", times[min(len(times) - 1, int(len(times) * 0.99))], "ms")
     emit(f"{label}_bytes", len(first.content), "bytes")
+    emit(f"fork_{runs * per_run // 1000}k_events_ms", fork_ms, "ms")
 
 
 if __name__ == "__main__":
