@@ -107,3 +107,37 @@ async def test_version_1_sessions_gain_empty_handoff_notes(db_path: Path) -> Non
         assert record.handoff is None
     finally:
         await store.close()
+
+
+async def test_version_2_logs_gain_the_kind_index_and_fork_columns(db_path: Path) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        await migrate(db, target=2)
+        await db.execute(
+            "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
+            " VALUES ('s1', 'ann', 'echo', 1, 1)"
+        )
+        await db.execute(
+            "INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, started_at)"
+            " VALUES ('r1', 's1', 1, 'echo', 'completed', 'done', 1)"
+        )
+        await db.execute(
+            "INSERT INTO events (run_id, seq, kind, ts, data) VALUES ('r1', 1, 'checkpoint', 1,"
+            ' \'{"label": "old"}\')'
+        )
+    store = await SQLiteStore.open(db_path)
+    try:
+        record = await store.get_session("s1", owner="ann")
+        assert record is not None
+        assert record.forked_from is None
+        assert await store.fork_origin("s1") is None
+        digest = await store.digest("s1")
+        assert digest.kinds == {"checkpoint": 1}
+        fork = await store.fork_session("s1", owner="ann")
+        assert fork is not None
+        assert fork.forked_from == {"session_id": "s1", "run_id": "r1", "seq": 1}
+    finally:
+        await store.close()
+    indexes = {
+        name for (name,) in rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    assert "events_by_kind" in indexes
