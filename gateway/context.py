@@ -118,9 +118,10 @@ def _where(event: Event) -> dict[str, Any]:
     return {"run_id": event.run_id, "seq": event.seq, "ts": event.ts}
 
 
-def _preview(value: Any) -> str:
+def _preview(value: Any, limit: int = PREVIEW) -> str:
+    """``value`` as text of at most ``limit`` characters, an ellipsis marking a cut."""
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _action(event: Event) -> dict[str, Any]:
@@ -187,10 +188,5 @@ def fork_summary(context: dict[str, Any], turns: list[Turn]) -> str:
     if turns:
         lines.append("Last exchanges:")
         for turn in turns[-SUMMARY_TURNS:]:
-            text = (
-                turn.content
-                if len(turn.content) <= SUMMARY_TEXT
-                else turn.content[:SUMMARY_TEXT] + "…"
-            )
-            lines.append(f"{turn.role.capitalize()}: {text}")
+            lines.append(f"{turn.role.capitalize()}: {_preview(turn.content, SUMMARY_TEXT)}")
     return "\n".join(lines)

@@ -244,6 +244,7 @@ class Service:
         client (a person, an orchestrator) sees it; ``NO_ACTIVE_RUN`` when none runs."""
         await self.session(user, session_id)
         event = None
+        # Asked first: a publish to an idle session would count as a dropped late event.
         if self.registry.running_run_id(session_id) is not None:
             event = self.registry.publish(session_id, "checkpoint", data)
         if event is None:

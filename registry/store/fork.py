@@ -210,7 +210,6 @@ async def copy_runs(
 ) -> int:
     """Copy the planned runs into ``session_id``; returns how many user prompts they hold."""
     run_ids = RunIds()
-    prompts = 0
     for offset, run in enumerate(plan.runs):
         params: dict[str, Any] = {
             "run": run_ids.new(now_ms),
@@ -229,11 +228,13 @@ async def copy_runs(
                 "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)",
                 (params["run"], run.keep + 1, COMPLETE, now_ms, _json(data)),
             )
-        rows = list(
-            await db.execute_fetchall(
-                "SELECT count(*) FROM events WHERE run_id = ? AND kind = ?",
-                (params["run"], USER_MESSAGE),
-            )
+    rows = list(
+        await db.execute_fetchall(
+            """
+            SELECT count(*) FROM runs r CROSS JOIN events e
+            WHERE r.session_id = ? AND e.run_id = r.run_id AND e.kind = ?
+            """,
+            (session_id, USER_MESSAGE),
         )
-        prompts += int(rows[0][0])
-    return prompts
+    )
+    return int(rows[0][0])

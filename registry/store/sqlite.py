@@ -203,14 +203,13 @@ class SQLiteStore:
         """Queue a new run, in start order."""
         if self._refuse("run start", run.run_id):
             return
-        self._next_ord += 1
         started_at = run.started_at if run.started_at is not None else self._now()
         self._writer.track(run.run_id)
         self._writer.put(
             RunStart(
                 run.run_id,
                 run.session_id,
-                self._next_ord,
+                self._allocate_ords(1),
                 run.provider,
                 client_msg_id or None,
                 started_at,
