@@ -1,0 +1,119 @@
+"""Real Redis and PostgreSQL servers on loopback, started for the tests that need them.
+
+Each starter runs the Debian binary in a private temporary directory on a free port and
+returns its URL; nothing is shared with a system-wide service. ``RUNWIRE_TEST_REDIS`` and
+``RUNWIRE_TEST_POSTGRES`` name existing servers to use instead. PostgreSQL refuses to run as
+root, so as root its cluster is owned by, and run as, the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+READY_WITHIN = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + READY_WITHIN
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during startup (code {process.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on port {port} within {READY_WITHIN} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway ``redis-server`` (no persistence); yields ``redis://127.0.0.1:PORT/0``."""
+    if url := os.environ.get("RUNWIRE_TEST_REDIS"):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="runwire-redis-") as directory:
+        port = free_port()
+        process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_for_port(port, process, "redis-server")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            _stop(process)
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    binary = shutil.which(name)
+    if binary is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    return binary
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (trust auth on loopback only, fsync off); yields
+    ``postgresql://runwire@127.0.0.1:PORT/postgres``."""
+    if url := os.environ.get("RUNWIRE_TEST_POSTGRES"):
+        yield url
+        return
+    as_root = os.geteuid() == 0
+    with tempfile.TemporaryDirectory(prefix="runwire-pg-") as directory:
+        data = os.path.join(directory, "data")
+        os.mkdir(data, 0o700)
+        prefix: list[str] = []
+        if as_root:
+            owner = pwd.getpwnam("postgres")
+            os.chmod(directory, 0o755)
+            os.chown(data, owner.pw_uid, owner.pw_gid)
+            prefix = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*prefix, _postgres_bin("initdb"), "-D", data, "-U", "runwire", "-A", "trust",
+             "-E", "UTF8", "--no-sync"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        port = free_port()
+        process = subprocess.Popen(
+            [*prefix, _postgres_bin("postgres"), "-D", data, "-h", "127.0.0.1",
+             "-p", str(port), "-k", data, "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_for_port(port, process, "postgres")
+            yield f"postgresql://runwire@127.0.0.1:{port}/postgres"
+        finally:
+            _stop(process)
