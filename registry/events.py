@@ -85,24 +85,34 @@ class Event(msgspec.Struct, gc=False):
     def frame(self) -> str:
         """The protocol ``event`` frame as JSON text, encoded once and cached.
 
-        Built around :meth:`encoded_data` rather than by encoding a fresh dict: the data,
+        Built around :meth:`encoded_data` rather than by encoding ``data`` again: the data,
         usually the whole cost, is encoded only once for the log and the wire together.
         """
         wire = self.wire
         if wire is None:
-            wire = self.wire = (
-                f'{{"type":"event","session_id":{_text(self.session_id)},'
-                f'"run_id":{_text(self.run_id)},"seq":{self.seq},"kind":{_text(self.kind)},'
-                f'"ts":{self.ts},"data":{self.encoded_data()}}}'
+            frame = _EventFrame(
+                self.session_id,
+                self.run_id,
+                self.seq,
+                self.kind,
+                self.ts,
+                msgspec.Raw(self.encoded_data()),
             )
+            wire = self.wire = _json.encode(frame).decode()
             # The frame holds the text now; a buffered event keeps one copy, not two.
             self.data_json = None
         return wire
 
 
-def _text(value: str) -> str:
-    """``value`` as a JSON string literal."""
-    return _json.encode(value).decode()
+class _EventFrame(msgspec.Struct, tag_field="type", tag="event", gc=False):
+    """The wire form of an event: ``data`` is inserted as already encoded JSON text."""
+
+    session_id: str
+    run_id: str
+    seq: int
+    kind: str
+    ts: int
+    data: msgspec.Raw
 
 
 class RunSummary(msgspec.Struct, omit_defaults=False):
