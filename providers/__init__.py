@@ -6,6 +6,7 @@ made by :func:`make_source`. Depends on :mod:`registry` only.
 """
 
 from .base import (
+    Burst,
     ConversationStore,
     Item,
     Provider,
@@ -13,6 +14,7 @@ from .base import (
     ProviderRequest,
     UnknownProvider,
     check_options,
+    each_item,
     make_source,
 )
 from .cli_formats import FORMATS, CliFormat
@@ -23,6 +25,7 @@ from .openai import OpenAIProvider
 
 __all__ = [
     "FORMATS",
+    "Burst",
     "CliFormat",
     "CommandProvider",
     "CommandSpec",
@@ -39,5 +42,6 @@ __all__ = [
     "UnknownProvider",
     "check_options",
     "default_providers",
+    "each_item",
     "make_source",
 ]

@@ -15,6 +15,10 @@ from registry import ForkOrigin, RegistryError, RunContext, Source, Turn
 Item = tuple[str, dict[str, Any]]
 """One event as a provider streams it: a kind and its data."""
 
+Burst = list[Item]
+"""Events that arrived together (a read that held several lines, a fast loop): yielding them
+as one list lets the registry publish them in one step."""
+
 
 class ProviderRequest(NamedTuple):
     """Everything a provider is told about the one turn it runs."""
@@ -62,8 +66,8 @@ class Provider(Protocol):
 
     name: str
 
-    def stream(self, request: ProviderRequest) -> AsyncIterator[Item]:
-        """The events of one run, after the ``user_message``."""
+    def stream(self, request: ProviderRequest) -> AsyncIterator[Item | Burst]:
+        """The events of one run, after the ``user_message``: items, or bursts of them."""
         ...
 
 
@@ -143,6 +147,17 @@ def check_options(provider: Provider, options: Mapping[str, Any]) -> None:
         check(options)
 
 
+async def each_item(stream: AsyncIterator[Item | Burst]) -> AsyncIterator[Item]:
+    """A provider's stream one item at a time, bursts taken apart (for consumers other
+    than the registry, which publishes a burst in one step)."""
+    async for entry in stream:
+        if isinstance(entry, list):
+            for item in entry:
+                yield item
+        else:
+            yield entry
+
+
 def make_source(
     provider: Provider, *, options: Mapping[str, Any], store: ConversationStore | None
 ) -> Source:
@@ -157,7 +172,7 @@ def make_source(
     frozen = dict(options)
     wants_history = bool(getattr(provider, "wants_history", False))
 
-    async def source(context: RunContext) -> AsyncIterator[Item]:
+    async def source(context: RunContext) -> AsyncIterator[Item | Burst]:
         resume_id: str | None = None
         history: list[Turn] = []
         fork: ForkOrigin | None = None

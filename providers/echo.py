@@ -18,7 +18,7 @@ import anyio.lowlevel
 
 from registry import SESSION_CREATED
 
-from .base import Item, ProviderRequest
+from .base import Burst, Item, ProviderRequest
 from .options import (
     bool_option,
     int_option,
@@ -36,6 +36,9 @@ MAX_DELAY_MS = 60_000.0
 # The whole reply is held in memory and sent as one `text` event: keep it reasonable.
 MAX_REPLY_LENGTH = 1_000_000
 
+# Chunks published together when there is no delay between them.
+BURST = 64
+
 _KNOWN = frozenset(("chunks", "delay_ms", "chunk", "tool", "fail_after", "hang", "extra_complete"))
 
 
@@ -45,7 +48,7 @@ class EchoOptions(NamedTuple):
     chunks: int = DEFAULT_CHUNKS
     """How many ``text_delta`` events."""
     delay_ms: float = DEFAULT_DELAY_MS
-    """Pause between two chunks; 0 still yields to the event loop (every 64 chunks)."""
+    """Pause between two chunks; 0 still yields to the event loop (every ``BURST`` chunks)."""
     chunk: str | None = None
     """The text of every chunk; by default the reply is the prompt, cut into ``chunks``."""
     tool: bool = False
@@ -109,7 +112,7 @@ class EchoProvider:
         """How many turns the provider session has had (0 if unknown)."""
         return self._turns.get(provider_session_id, 0)
 
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[Item, None]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[Item | Burst, None]:
         """Echo ``request.content``; see :class:`EchoOptions` for the knobs."""
         options = EchoOptions.parse(request.options)
         carried = request.fork.turns if request.fork is not None else 0
@@ -121,26 +124,43 @@ class EchoProvider:
         else:
             pieces = _cut(f"{request.content} (turn {turn})", options.chunks)
         midway = len(pieces) // 2
+        delay = options.delay_ms / 1000
+        fail_after = options.fail_after
+        # Chunks between two pauses go out as one burst: with no delay, up to BURST of them
+        # between scheduling points (so a fast run neither starves the loop nor dodges an
+        # abort, and subscribers get events in batches, as from a provider whose output
+        # arrives in bursts); with a delay, each chunk alone.
+        burst: Burst = []
         for index, piece in enumerate(pieces):
-            if index == options.fail_after:
-                raise EchoFailure(f"echo failed after {index} chunks, as asked (fail_after)")
+            if index == fail_after:
+                break
+            if index and (delay > 0 or index % BURST == 0):
+                yield burst
+                burst = []
+                if delay > 0:
+                    await anyio.sleep(delay)
+                else:
+                    await anyio.lowlevel.checkpoint()
             if index == midway and options.tool:
-                for item in _tool_pair(request.content):
-                    yield item
-            if index:
-                await _pause(options.delay_ms, index)
-            yield "text_delta", {"text": piece}
-        if options.fail_after is not None and options.fail_after >= len(pieces):
-            raise EchoFailure(f"echo failed after {len(pieces)} chunks, as asked (fail_after)")
+                burst.extend(_tool_pair(request.content))
+            burst.append(("text_delta", {"text": piece}))
+        if fail_after is not None:
+            if burst:
+                yield burst
+            failed = min(fail_after, len(pieces))
+            raise EchoFailure(f"echo failed after {failed} chunks, as asked (fail_after)")
         if options.tool and not pieces:
-            for item in _tool_pair(request.content):
-                yield item
+            burst.extend(_tool_pair(request.content))
         if options.hang:
+            if burst:
+                yield burst
+                burst = []
             await anyio.sleep_forever()
 
-        yield "text", {"text": "".join(pieces)}
         done = {"reason": "done", "exit_code": 0, "success": True, "turn": turn}
-        yield "complete", done
+        burst.append(("text", {"text": "".join(pieces)}))
+        burst.append(("complete", done))
+        yield burst
         if options.extra_complete:
             yield "complete", {**done, "extra": True}
 
@@ -167,13 +187,3 @@ def _tool_pair(content: str) -> list[Item]:
         ("tool_use", {"tool_id": tool_id, "name": "echo", "input": {"text": content}}),
         ("tool_result", {"tool_id": tool_id, "content": content, "is_error": False}),
     ]
-
-
-async def _pause(delay_ms: float, index: int) -> None:
-    if delay_ms > 0:
-        await anyio.sleep(delay_ms / 1000)
-    elif index % 64 == 0:
-        # Still a scheduling point, so a fast run cannot starve the loop or dodge an abort;
-        # not after every chunk, so subscribers get events in batches, as from a real
-        # provider whose output arrives in bursts.
-        await anyio.lowlevel.checkpoint()

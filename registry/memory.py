@@ -277,18 +277,19 @@ class MemoryRegistry:
                 events = source(context)
                 async with _closing(events):
                     async for item in events:
-                        if not (
-                            isinstance(item, tuple)
-                            and len(item) == 2
-                            and isinstance(item[0], str)
-                            and isinstance(item[1], dict)
-                        ):
-                            raise TypeError(f"source yielded {item!r}, not (kind, data)")
-                        self._publish(run, item[0], item[1])
-                        if run.done:
+                        # A burst (a list of pairs) is published with one timestamp.
+                        burst = item if type(item) is list else (item,)
+                        ts = self._now_ms()
+                        for pair in burst:
+                            kind, data = _checked(pair)
+                            self._publish(run, kind, data, ts)
+                            if run.status != "running":
+                                break
+                            if run.buffer.last_seq - run.durable > self._pace_ahead:
+                                await self._until_durable(run)
+                                ts = self._now_ms()
+                        if run.status != "running":
                             break
-                        if run.buffer.last_seq - run.durable > self._pace_ahead:
-                            await self._until_durable(run)
             except Exception as exc:
                 log.warning("run %s failed: %s", run.run_id, exc, exc_info=exc)
                 self._finish(run, reason="error", error=str(exc) or type(exc).__name__)
@@ -315,7 +316,9 @@ class MemoryRegistry:
             return None
         return self._publish(run, kind, data)
 
-    def _publish(self, run: Run, kind: str, data: dict[str, Any]) -> Event | None:
+    def _publish(
+        self, run: Run, kind: str, data: dict[str, Any], ts: int | None = None
+    ) -> Event | None:
         if run.status != "running":
             run.dropped += 1
             self.stats.dropped += 1
@@ -329,7 +332,7 @@ class MemoryRegistry:
             return None
         if not _ID_KEYS.isdisjoint(data):
             data = _scrub(data, run.session.session_id)
-        return self._append(run, kind, data, self._now_ms())
+        return self._append(run, kind, data, self._now_ms() if ts is None else ts)
 
     def _append(self, run: Run, kind: str, data: dict[str, Any], ts: int) -> Event:
         state = run.session
@@ -748,6 +751,15 @@ class MemoryRegistry:
 
     def _new_run_id(self) -> str:
         return self._run_ids.new(self._now_ms())
+
+
+def _checked(pair: Any) -> tuple[str, dict[str, Any]]:
+    """A source's ``(kind, data)`` pair, or :class:`TypeError` naming what it yielded."""
+    if isinstance(pair, tuple) and len(pair) == 2:
+        kind, data = pair
+        if isinstance(kind, str) and isinstance(data, dict):
+            return kind, data
+    raise TypeError(f"source yielded {pair!r}, not (kind, data) or a list of them")
 
 
 def _memory_start(first: Run) -> Run:

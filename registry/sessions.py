@@ -21,12 +21,18 @@ class RunContext(NamedTuple):
     client_msg_id: str | None
 
 
-Source = Callable[[RunContext], AsyncIterator[tuple[str, dict[str, Any]]]]
-"""Produces a run's events (``(kind, data)`` pairs) after the ``user_message``.
+Pair = tuple[str, dict[str, Any]]
+"""One event as a source yields it: its kind and its data."""
+
+Source = Callable[[RunContext], AsyncIterator[Pair | list[Pair]]]
+"""Produces a run's events after the ``user_message``: ``(kind, data)`` pairs, or lists of
+them for events that arrived together (a burst is published in one step, with one
+timestamp, which is cheaper than one pair at a time).
 
 Cancelling the task that iterates it is the abort: a source must stop its underlying work
 when cancelled. A source that raises ends its run with a ``complete`` of reason ``error``;
-one that ends without a ``complete`` gets a synthetic ``done``.
+one that ends without a ``complete`` gets a synthetic ``done``. Pairs after a ``complete``
+in the same burst are never published.
 """
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from providers import CommandSpec, Provider, ProviderRequest, make_source
+from providers import CommandSpec, Provider, ProviderRequest, each_item, make_source
 from providers.base import ConversationStore, Item
 from providers.cli_formats import FORMATS, FormatName
 from registry import Event, ForkOrigin, MemoryRegistry, NullPersistence, Turn
@@ -54,7 +54,7 @@ async def collect(provider: Provider, req: ProviderRequest) -> list[Item]:
     """Every event of one stream, closing it properly."""
     with anyio.fail_after(30):
         async with aclosing(provider.stream(req)) as stream:  # type: ignore[type-var]
-            return [item async for item in stream]
+            return [item async for item in each_item(stream)]
 
 
 def kinds(items: list[Item]) -> list[str]:

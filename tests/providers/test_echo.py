@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from providers import EchoProvider
+from providers import EchoProvider, each_item
 from providers.echo import EchoFailure
 
 from .helpers import collect, kinds, of_kind, request
@@ -106,7 +106,7 @@ async def test_fail_after_raises_after_that_many_chunks(after: int, deltas: int)
     async def drain() -> None:
         options = {"chunks": 3, "fail_after": after, "delay_ms": 0}
         async with aclosing(EchoProvider().stream(request("abc", options=options))) as stream:
-            async for kind, _ in stream:
+            async for kind, _ in each_item(stream):
                 seen.append(kind)
 
     with pytest.raises(EchoFailure, match="fail_after"):
@@ -127,7 +127,7 @@ async def test_hang_waits_until_cancelled() -> None:
     stream = EchoProvider().stream(request("x", options={"chunks": 2, "hang": True}))
     with anyio.CancelScope() as scope:
         async with aclosing(stream):
-            async for kind, _ in stream:
+            async for kind, _ in each_item(stream):
                 seen.append(kind)
                 if seen.count("text_delta") == 2:
                     # The next step is the hang; cancel while it waits.

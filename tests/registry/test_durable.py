@@ -104,9 +104,11 @@ async def test_without_a_reporting_store_everything_is_delivered_at_once(
     assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
 
 
-async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock) -> None:
+@pytest.mark.parametrize("burst", [False, True])
+async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock, burst: bool) -> None:
     """Pacing: with buffer 8, a source of 100 events must wait for commits, or its
-    undelivered events would be pushed out of the buffer and the subscriber would lag."""
+    undelivered events would be pushed out of the buffer and the subscriber would lag.
+    Also when the 100 events come as one burst: it is paced in the middle."""
     store = FakeStore()  # commits only when the "disk" task below is urged
     store.gating = True
     urged = anyio.Event()
@@ -124,9 +126,13 @@ async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock) -
             urged = anyio.Event()
             store.flush()  # a commit, later than the urge, as the real writer's
 
-    async def source(context: object) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        for i in range(100):
-            yield ("text_delta", {"text": str(i)})
+    async def source(context: object) -> AsyncIterator[Any]:
+        pairs = [("text_delta", {"text": str(i)}) for i in range(100)]
+        if burst:
+            yield pairs
+        else:
+            for pair in pairs:
+                yield pair
 
     got: list[Event] = []
     async with MemoryRegistry(store=store, clock=clock, buffer_size=8) as reg:

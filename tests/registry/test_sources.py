@@ -130,6 +130,54 @@ async def test_source_yielding_garbage_ends_with_error(live: MemoryRegistry) -> 
         assert "not a pair" in events[-1].data["error"]
 
 
+async def test_a_burst_is_published_in_order_with_one_timestamp(
+    live: MemoryRegistry, clock: ManualClock
+) -> None:
+    async with live:
+
+        async def source(ctx: RunContext) -> AsyncIterator[Item | list[Item]]:
+            yield [
+                ("text", {"text": "a"}),
+                ("session_created", {"provider_session_id": "prov-1"}),
+                ("text", {"text": "b", "session_id": "prov-1"}),
+            ]
+            clock.advance(1.0)
+            yield ("text", {"text": "c"})
+            clock.advance(1.0)
+            # Nothing after the complete of a burst is published.
+            yield [("complete", {"exit_code": 0}), ("text", {"text": "late"})]
+
+        sub = RunReader(await live.subscribe("s1", owner="alice"))
+        result = await live.start("s1", owner="alice", content="go", source=source)
+        events = await sub.next_run()
+        assert kinds(events) == ["user_message", "text", "text", "text", "complete"]
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert [e.data.get("text") for e in events[1:4]] == ["a", "b", "c"]
+        assert events[2].data["session_id"] == "s1"
+        first, second, third = events[1].ts, events[3].ts, events[4].ts
+        assert events[2].ts == first
+        assert second == first + 1000
+        assert third == second + 1000
+        assert live._runs[result.run_id].provider_session_id == "prov-1"
+        assert sub.rest() == []
+
+
+async def test_a_bad_pair_in_a_burst_ends_with_error_after_the_good_ones(
+    live: MemoryRegistry,
+) -> None:
+    async with live:
+
+        async def source(ctx: RunContext) -> AsyncIterator[Any]:
+            yield [("text", {"text": "a"}), ("text", "not a dict"), ("text", {"text": "b"})]
+
+        sub = RunReader(await live.subscribe("s1", owner="alice"))
+        await live.start("s1", owner="alice", content="go", source=source)
+        events = await sub.next_run()
+        assert kinds(events) == ["user_message", "text", "complete"]
+        assert events[-1].data["reason"] == "error"
+        assert "not a dict" in events[-1].data["error"]
+
+
 async def test_source_complete_stops_the_source(live: MemoryRegistry) -> None:
     async with live:
         closed = anyio.Event()
