@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from providers import ProviderRegistry, default_providers
-from registry import Clock, MemoryRegistry, RunNotice, RunRegistry, SystemClock
+from registry import Clock, LocalRegistry, MemoryRegistry, Notice, RunRegistry, SystemClock
 from registry.store import SQLiteStore
 
 from .auth import Authenticator
@@ -121,15 +121,17 @@ class Gateway:
         )
         self._drained = None
         try:
-            registry = MemoryRegistry(
-                store=store,
-                clock=self.clock,
-                buffer_size=self.settings.buffer_size,
-                run_ttl=self.settings.run_ttl,
-                queue_limit=self.settings.queue_limit,
+            registry = LocalRegistry(
+                MemoryRegistry(
+                    store=store,
+                    clock=self.clock,
+                    buffer_size=self.settings.buffer_size,
+                    run_ttl=self.settings.run_ttl,
+                    queue_limit=self.settings.queue_limit,
+                )
             )
             async with registry:
-                stop_listening = registry.listen(self.hub.run_notice)
+                stop_listening = registry.listen(self.hub.notice)
                 self._store = store
                 self._service = Service(
                     settings=self.settings,
@@ -137,7 +139,6 @@ class Gateway:
                     store=store,
                     providers=self.providers,
                     clock=self.clock,
-                    hub=self.hub,
                 )
                 try:
                     yield
@@ -175,7 +176,7 @@ class Gateway:
             registry = service.registry
             with anyio.move_on_after(self.settings.shutdown_grace):
                 await _runs_finished(registry, force)
-            ended = registry.shutdown("server_restart")
+            ended = await registry.shutdown("server_restart")
             if ended:
                 log.warning("shutdown: ended %d running runs with server_restart", ended)
             # Subscribers only get what is on disk: commit the ends before the last sends.
@@ -198,16 +199,17 @@ class Gateway:
 
 
 async def _runs_finished(registry: RunRegistry, force: Callable[[], bool]) -> None:
-    """Return once no run is running (or ``force()`` is true; checked every 0.1 s)."""
+    """Return once this process drives no run (or ``force()`` is true; checked every
+    0.1 s)."""
     changed = anyio.Event()
 
-    def on_notice(notice: RunNotice) -> None:
+    def on_notice(notice: Notice) -> None:
         changed.set()
 
     stop = registry.listen(on_notice)
     try:
         # A finished run may start the session's next queued one: look again each time.
-        while registry.list_runs() and not force():
+        while registry.local_runs() and not force():
             with anyio.move_on_after(0.1):
                 await changed.wait()
             changed = anyio.Event()

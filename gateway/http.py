@@ -245,17 +245,16 @@ class HttpApi:
         body = await read_body(request, CreateSession, self.gateway.settings.max_frame)
         service = self.gateway.service
         record = await service.create_session(user, provider=body.provider, title=body.title)
-        return JSONResponse(service.session_json(record), status_code=201)
+        return JSONResponse(await service.session_json(record), status_code=201)
 
     async def list_sessions(self, request: Request, user: str) -> Response:
         service = self.gateway.service
-        records = await service.store.list_sessions(owner=user)
-        return JSONResponse({"sessions": [service.session_json(r) for r in records]})
+        return JSONResponse({"sessions": await service.sessions_json(user)})
 
     async def get_session(self, request: Request, user: str) -> Response:
         service = self.gateway.service
         record = await service.session(user, request.path_params["session_id"])
-        return JSONResponse(service.session_json(record))
+        return JSONResponse(await service.session_json(record))
 
     async def update_session(self, request: Request, user: str) -> Response:
         body = await read_body(request, UpdateSession, self.gateway.settings.max_frame)
@@ -263,7 +262,7 @@ class HttpApi:
         record = await service.update_session(
             user, request.path_params["session_id"], title=body.title, status=body.status
         )
-        return JSONResponse(service.session_json(record))
+        return JSONResponse(await service.session_json(record))
 
     async def set_handoff(self, request: Request, user: str) -> Response:
         body = await read_body(request, Handoff, self.gateway.settings.max_frame)
@@ -271,7 +270,7 @@ class HttpApi:
         record = await service.set_handoff(
             user, request.path_params["session_id"], msgspec.to_builtins(body)
         )
-        return JSONResponse(service.session_json(record))
+        return JSONResponse(await service.session_json(record))
 
     async def context(self, request: Request, user: str) -> Response:
         context = await self.gateway.service.context(user, request.path_params["session_id"])
@@ -286,7 +285,7 @@ class HttpApi:
         record = await service.fork(
             user, request.path_params["session_id"], at=at, title=body.title
         )
-        return JSONResponse(service.session_json(record), status_code=201)
+        return JSONResponse(await service.session_json(record), status_code=201)
 
     async def checkpoint(self, request: Request, user: str) -> Response:
         body = await read_body(request, CheckpointBody, self.gateway.settings.max_frame)
@@ -366,5 +365,5 @@ class HttpApi:
         )
 
     async def runs(self, request: Request, user: str) -> Response:
-        summaries = self.gateway.service.list_runs(user, run_status(request))
+        summaries = await self.gateway.service.list_runs(user, run_status(request))
         return JSONResponse({"runs": to_builtins(summaries)})

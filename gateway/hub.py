@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import anyio
 
-from registry import RunNotice
+from registry import Notice, RunNotice
 
 from . import frames
 from .connection import Connection
@@ -59,10 +59,14 @@ class Hub:
         for conn in list(self._by_owner.get(owner, ())):
             conn.push(text)
 
-    def run_notice(self, notice: RunNotice) -> None:
-        """Registry listener: tell the owner's connections that a run started or finished."""
-        if notice.owner in self._by_owner:
-            self.push(notice.owner, frames.run_notice(notice.kind, notice.run))
+    def notice(self, notice: Notice) -> None:
+        """Registry listener: tell the owner's connections that a run started or finished,
+        or that a session was deleted."""
+        if isinstance(notice, RunNotice):
+            if notice.owner in self._by_owner:
+                self.push(notice.owner, frames.run_notice(notice.kind, notice.run))
+        else:
+            self.session_deleted(notice.owner, notice.session_id)
 
     def session_deleted(self, owner: str, session_id: str) -> None:
         """Drop the owner's subscriptions to the session and tell every connection."""

@@ -73,7 +73,7 @@ class GatewayCollector(Collector):
             "Live subscriptions (WebSocket and SSE).",
             registry.subscriber_count(),
         )
-        yield _gauge("runwire_running_runs", "Runs running now.", len(registry.list_runs()))
+        yield _gauge("runwire_running_runs", "Runs this process drives now.", registry.local_runs())
         yield _counter(
             "runwire_events_published", "Events published by runs.", registry.stats.published
         )

@@ -27,7 +27,6 @@ from registry.store import BadForkPoint, ForkPoint, SessionRecord, SQLiteStore
 from .context import RECENT, build_context, fork_summary
 from .errors import GatewayError, invalid, not_found
 from .frames import Send
-from .hub import Hub
 from .settings import Settings
 
 SessionStatus = Literal["active", "locked", "archived"]
@@ -66,13 +65,11 @@ class Service:
         store: SQLiteStore,
         providers: ProviderRegistry,
         clock: Clock,
-        hub: Hub,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.providers = providers
-        self.hub = hub
         self.clock = clock
         self.limiter = RateLimiter(settings.send_rate, settings.send_burst, clock)
         # Cleared when shutdown begins: from then on sends are refused.
@@ -87,20 +84,16 @@ class Service:
             raise not_found(session_id)
         return record
 
-    def session_json(self, record: SessionRecord) -> dict[str, Any]:
+    async def session_json(self, record: SessionRecord) -> dict[str, Any]:
         """A session as the HTTP API shows it; ``running_run_id`` is live."""
-        return {
-            "session_id": record.session_id,
-            "title": record.title,
-            "provider": record.provider,
-            "status": record.status,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "has_unread": record.has_unread,
-            "running_run_id": self.registry.running_run_id(record.session_id),
-            "handoff": record.handoff,
-            "forked_from": record.forked_from,
-        }
+        running = await self.registry.running_run_id(record.session_id)
+        return _session_json(record, running)
+
+    async def sessions_json(self, user: str) -> list[dict[str, Any]]:
+        """The user's sessions as the HTTP API lists them, newest activity first."""
+        records = await self.store.list_sessions(owner=user)
+        running = {r.session_id: r.run_id for r in await self.registry.list_runs(owner=user)}
+        return [_session_json(r, running.get(r.session_id)) for r in records]
 
     async def create_session(
         self, user: str, *, provider: str | None = None, title: str | None = None
@@ -157,13 +150,13 @@ class Service:
         return record
 
     async def delete_session(self, user: str, session_id: str) -> None:
-        """Abort the session's run, forget it, delete it and tell the owner's connections."""
+        """Abort the session's run, delete it, forget it and tell the owner's connections
+        (the registry announces the deletion to every process)."""
         await self.session(user, session_id)
-        self.registry.abort(session_id, clear_queue=True)
-        self.registry.forget_session(session_id)
+        await self.registry.abort(session_id, clear_queue=True)
         if not await self.store.delete_session(session_id, owner=user):
             raise not_found(session_id)
-        self.hub.session_deleted(user, session_id)
+        await self.registry.forget_session(session_id, owner=user)
 
     async def mark_read(self, user: str, session_id: str) -> None:
         if not await self.store.mark_read(session_id, owner=user):
@@ -234,7 +227,7 @@ class Service:
     async def abort(self, user: str, session_id: str, *, clear_queue: bool = False) -> RunSummary:
         """End the session's running run (``NO_ACTIVE_RUN`` when there is none)."""
         await self.session(user, session_id)
-        summary = self.registry.abort(session_id, clear_queue=clear_queue)
+        summary = await self.registry.abort(session_id, clear_queue=clear_queue)
         if summary is None:
             raise GatewayError("NO_ACTIVE_RUN", f"session {session_id} has no running run")
         return summary
@@ -243,17 +236,29 @@ class Service:
         """Mark a point in the session's running run with a ``checkpoint`` event, as a
         client (a person, an orchestrator) sees it; ``NO_ACTIVE_RUN`` when none runs."""
         await self.session(user, session_id)
-        event = None
-        # Asked first: a publish to an idle session would count as a dropped late event.
-        if self.registry.running_run_id(session_id) is not None:
-            event = self.registry.publish(session_id, "checkpoint", data)
+        event = await self.registry.publish(session_id, "checkpoint", data)
         if event is None:
             raise GatewayError("NO_ACTIVE_RUN", f"session {session_id} has no running run")
         return event
 
-    def list_runs(self, user: str, status: Literal["running", "all"]) -> list[RunSummary]:
+    async def list_runs(self, user: str, status: Literal["running", "all"]) -> list[RunSummary]:
         """The caller's run summaries."""
-        return self.registry.list_runs(owner=user, status=status)
+        return await self.registry.list_runs(owner=user, status=status)
+
+
+def _session_json(record: SessionRecord, running_run_id: str | None) -> dict[str, Any]:
+    return {
+        "session_id": record.session_id,
+        "title": record.title,
+        "provider": record.provider,
+        "status": record.status,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "has_unread": record.has_unread,
+        "running_run_id": running_run_id,
+        "handoff": record.handoff,
+        "forked_from": record.forked_from,
+    }
 
 
 def to_builtins(value: object) -> Any:

@@ -195,4 +195,4 @@ class Dispatcher:
                 )
             )
         elif isinstance(frame, frames.ListRuns):
-            conn.push(frames.runs(frame.id, service.list_runs(user, frame.status)))
+            conn.push(frames.runs(frame.id, await service.list_runs(user, frame.status)))

@@ -18,8 +18,16 @@ from .events import (
     Turn,
 )
 from .hooks import NullPersistence, Persistence
-from .memory import MemoryRegistry, Policy, RegistryStats, RunNotice, StartResult
-from .protocol import RunRegistry
+from .memory import (
+    MemoryRegistry,
+    Notice,
+    Policy,
+    RegistryStats,
+    RunNotice,
+    SessionDeleted,
+    StartResult,
+)
+from .protocol import LocalRegistry, RunRegistry
 from .sessions import RunContext, Source
 from .subscription import Lagged, SubscribeInfo, Subscription, SubscriptionClosed
 
@@ -32,8 +40,10 @@ __all__ = [
     "Event",
     "ForkOrigin",
     "Lagged",
+    "LocalRegistry",
     "ManualClock",
     "MemoryRegistry",
+    "Notice",
     "NullPersistence",
     "Persistence",
     "Policy",
@@ -46,6 +56,7 @@ __all__ = [
     "RunNotice",
     "RunRegistry",
     "RunSummary",
+    "SessionDeleted",
     "ShuttingDown",
     "Source",
     "StartResult",

@@ -67,6 +67,17 @@ class RunNotice(NamedTuple):
     run: RunSummary
 
 
+class SessionDeleted(NamedTuple):
+    """A session was deleted; pushed to listeners (the gateway tells the owner)."""
+
+    owner: str
+    session_id: str
+
+
+Notice = RunNotice | SessionDeleted
+"""What listeners hear about."""
+
+
 class RegistryStats:
     """Counters for metrics. Plain integers: reading them is free. (Lagged subscriptions
     are counted by whoever reads them, where the ``Lagged`` is raised.)"""
@@ -115,7 +126,7 @@ class MemoryRegistry:
         self._running: dict[str, Run] = {}
         # Completed runs in completion order, with their completion time: the eviction queue.
         self._finished: deque[tuple[float, Run]] = deque()
-        self._listeners: list[Callable[[RunNotice], None]] = []
+        self._listeners: list[Callable[[Notice], None]] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closing = False
         self._run_ids = RunIds()
@@ -158,8 +169,9 @@ class MemoryRegistry:
             self._end_queued(state, self._take_queue(state), reason)
         return ended
 
-    def listen(self, callback: Callable[[RunNotice], None]) -> Callable[[], None]:
-        """Call ``callback`` for every run start and finish. Returns a function to stop."""
+    def listen(self, callback: Callable[[Notice], None]) -> Callable[[], None]:
+        """Call ``callback`` for every run start and finish and every session deletion
+        announced to :meth:`forget_session`. Returns a function to stop."""
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback)
 
@@ -491,9 +503,10 @@ class MemoryRegistry:
         run: Run,
         summary: RunSummary | None = None,
     ) -> None:
-        if not self._listeners:
-            return
-        notice = RunNotice(kind, run.session.owner, summary or run.summary())
+        if self._listeners:
+            self._announce(RunNotice(kind, run.session.owner, summary or run.summary()))
+
+    def _announce(self, notice: Notice) -> None:
         for listener in list(self._listeners):
             try:
                 listener(notice)
@@ -669,6 +682,10 @@ class MemoryRegistry:
                     )
         return out
 
+    def running_count(self) -> int:
+        """How many runs are running."""
+        return len(self._running)
+
     def subscriber_count(self) -> int:
         """Live subscriptions across all sessions (for metrics)."""
         return sum(len(s.subscriptions) for s in self._sessions.values())
@@ -722,21 +739,26 @@ class MemoryRegistry:
         for sid in idle:
             del self._sessions[sid]
 
-    def forget_session(self, session_id: str) -> None:
-        """Drop a deleted session: end its run, close its subscriptions, forget its runs."""
+    def forget_session(self, session_id: str, *, owner: str | None = None) -> None:
+        """Drop a deleted session: end its run, close its subscriptions, forget its runs.
+
+        With ``owner``, listeners then hear :class:`SessionDeleted` (the owner's other tabs
+        drop the session).
+        """
         state = self._sessions.pop(session_id, None)
-        if state is None:
-            return
-        state.queue.clear()
-        run = self._running.get(session_id)
-        if run is not None:
-            self._finish(run, reason="aborted")
-        for sub in list(state.subscriptions):
-            sub.close()
-        for run in state.runs:
-            if self._runs.get(run.run_id) is run:
-                del self._runs[run.run_id]
-        state.runs.clear()
+        if state is not None:
+            state.queue.clear()
+            run = self._running.get(session_id)
+            if run is not None:
+                self._finish(run, reason="aborted")
+            for sub in list(state.subscriptions):
+                sub.close()
+            for run in state.runs:
+                if self._runs.get(run.run_id) is run:
+                    del self._runs[run.run_id]
+            state.runs.clear()
+        if owner is not None:
+            self._announce(SessionDeleted(owner, session_id))
 
     # Helpers ---------------------------------------------------------------------------
 

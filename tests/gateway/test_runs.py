@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from providers import EchoProvider, ProviderRegistry
-from registry import MemoryRegistry
+from registry import LocalRegistry
 
 from .helpers import assert_run_stream, make_settings, serve
 
@@ -122,7 +122,7 @@ async def test_idempotent_send_returns_the_original_run(tmp_path):
         events = await client.events_until_complete(again["run_id"])
         assert events[0]["data"] == {"content": "hello", "client_msg_id": "m1"}
         # After eviction the store remembers the id.
-        registry = cast(MemoryRegistry, server.gateway.registry)
+        registry = cast(LocalRegistry, server.gateway.registry).memory
         await server.gateway.store.flush()
         registry.sweep()
         assert registry.get_run(again["run_id"]) is None

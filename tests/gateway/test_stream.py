@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from providers import EchoProvider, ProviderRegistry
-from registry import MemoryRegistry
+from registry import LocalRegistry
 
 from .helpers import Firehose, StalledClient, assert_run_stream, seqs, serve, small_window_socket
 
@@ -72,7 +72,7 @@ async def test_late_subscriber_after_eviction_replays_the_log(tmp_path):
         await client.subscribe(ack["session_id"])
         first = await client.events_until_complete()
         await client.request({"type": "unsubscribe", "session_id": ack["session_id"]})
-        registry = cast(MemoryRegistry, server.gateway.registry)
+        registry = cast(LocalRegistry, server.gateway.registry).memory
         await server.gateway.store.flush()
         registry.sweep()
         assert registry.get_run(ack["run_id"]) is None  # Evicted: only the log has it.

@@ -7,7 +7,7 @@ import asyncio
 import anyio
 import pytest
 
-from registry import ManualClock, MemoryRegistry
+from registry import ManualClock, MemoryRegistry, Notice, RunNotice, SessionDeleted
 
 from .fakes import FakeStore, drain, positions, run_once
 
@@ -134,3 +134,25 @@ async def test_sweeper_task_evicts(clock: ManualClock, ttl: float) -> None:
             while reg.get_run(run_id) is not None:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
     assert reg.stats.evicted == 1
+
+
+async def test_forgetting_a_session_ends_its_run_then_announces_the_deletion(
+    reg: MemoryRegistry,
+) -> None:
+    heard: list[Notice] = []
+    reg.listen(heard.append)
+    started = await reg.start("s1", owner="alice", content="go")
+    sub = await reg.subscribe("s1", owner="alice")
+    reg.forget_session("s1", owner="alice")
+    assert sub.closed
+    assert [type(n).__name__ for n in heard] == ["RunNotice", "RunNotice", "SessionDeleted"]
+    finished = heard[1]
+    assert isinstance(finished, RunNotice)
+    assert finished.kind == "run_finished"
+    assert finished.run.run_id == started.run_id
+    assert finished.run.outcome == "aborted"
+    assert heard[2] == SessionDeleted("alice", "s1")
+    # Without an owner nothing is announced; a session never seen is announced all the same.
+    reg.forget_session("s1")
+    reg.forget_session("never-seen", owner="bob")
+    assert heard[3:] == [SessionDeleted("bob", "never-seen")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry import ManualClock, MemoryRegistry, RunSummary
+from registry import LocalRegistry, ManualClock, MemoryRegistry, RunSummary
 
 T0 = 1_700_000_000_000
 
@@ -112,3 +112,24 @@ async def test_subscriber_count(reg: MemoryRegistry) -> None:
     assert reg.subscriber_count() == 3
     subs[0].close()
     assert reg.subscriber_count() == 2
+
+
+async def test_the_local_registry_answers_the_protocol_from_memory(reg: MemoryRegistry) -> None:
+    local = LocalRegistry(reg)
+    assert await local.publish("s1", "checkpoint", {}) is None
+    assert reg.stats.dropped == 0  # nothing ran: a miss, not a late event
+    started = await local.start("s1", owner="alice", content="go")
+    event = await local.publish("s1", "checkpoint", {"label": "x"})
+    assert event is not None
+    assert event.seq == 2
+    assert await local.running_run_id("s1") == started.run_id
+    assert local.local_runs() == 1
+    assert [r.run_id for r in await local.list_runs(owner="alice")] == [started.run_id]
+    assert await local.list_runs(owner="bob") == []
+    summary = await local.abort("s1")
+    assert summary is not None
+    assert summary.outcome == "aborted"
+    assert local.local_runs() == 0
+    got = await local.get_run(started.run_id)
+    assert got is not None
+    assert got.last_seq == 3
