@@ -14,10 +14,17 @@ from .events import Event, Position, RunSummary
 
 
 class Persistence(Protocol):
-    """The store as the registry sees it. Implemented by :class:`registry.store.SQLiteStore`."""
+    """The store as the registry sees it. Implemented by :class:`registry.store.SQLiteStore`
+    and :class:`registry.store.PostgresStore`."""
 
-    def run_started(self, run: RunSummary, *, client_msg_id: str | None) -> None:
-        """Record a new run (status ``running``). Must not block."""
+    def run_started(
+        self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
+    ) -> None:
+        """Record a new run (status ``running``). Must not block.
+
+        ``ord`` is the run's place in its session's start order when the caller numbers
+        starts itself (several processes share one database and number them in one shared
+        place); ``None`` lets the store number it."""
 
     def append(self, event: Event) -> None:
         """Queue an event for the durable log. Must not block. Called in seq order."""
@@ -63,7 +70,9 @@ class Persistence(Protocol):
 class NullPersistence:
     """No store: nothing is persisted and nothing older than memory can be replayed."""
 
-    def run_started(self, run: RunSummary, *, client_msg_id: str | None) -> None:
+    def run_started(
+        self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
+    ) -> None:
         pass
 
     def append(self, event: Event) -> None:

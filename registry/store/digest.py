@@ -16,14 +16,12 @@ read once, then only what is new.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import msgspec
 
 from ..events import Event
-
-Fetch = Callable[[str, Any], Awaitable[list[Any]]]
+from .sql import Dialect, Fetch, marks
 
 # A session's events (of runs after ``:after``) joined to their runs.
 _EVENTS = """
@@ -91,9 +89,11 @@ class Limits(NamedTuple):
     max_checkpoints: int
 
 
-async def read_digest(fetch: Fetch, session_id: str, limits: Limits, *, after: int = -1) -> Digest:
+async def read_digest(
+    fetch: Fetch, sql: Dialect, session_id: str, limits: Limits, *, after: int = -1
+) -> Digest:
     """The digest of one session's runs whose ``ord`` is past ``after`` (default: all);
-    ``fetch(sql, params)`` runs a read on the store."""
+    ``fetch(query, params)`` runs a read on the store, whose dialect is ``sql``."""
     decoder = msgspec.json.Decoder(dict[str, Any])
     params: dict[str, Any] = {"session": session_id, "after": after}
 
@@ -125,11 +125,12 @@ async def read_digest(fetch: Fetch, session_id: str, limits: Limits, *, after: i
     ):
         kinds[kind] = kinds.get(kind, 0) + count
     last = await fetch(f"SELECT e.ts {_EVENTS}{_NEWEST} LIMIT 1", params)
+    name = sql.json_text("e.data", "name")
     tools = {
         str(name): int(count)
         for name, count in await fetch(
             f"""
-            SELECT json_extract(e.data, '$.name'), count(*) {_EVENTS} AND e.kind = 'tool_use'
+            SELECT {name}, count(*) {_EVENTS} AND e.kind = 'tool_use'
             GROUP BY 1
             """,
             params,
@@ -141,14 +142,11 @@ async def read_digest(fetch: Fetch, session_id: str, limits: Limits, *, after: i
         "e.kind = 'checkpoint'", {"limit": limits.max_checkpoints}, _NEWEST + " LIMIT :limit"
     )
     checkpoints.reverse()
-    names = {f"tool{i}": name for i, name in enumerate(sorted(limits.file_tools))}
     file_uses: list[Event] = []
-    if names:
-        marks = ", ".join(":" + key for key in names)
+    if limits.file_tools:
+        listed, names = marks("tool", sorted(limits.file_tools))
         file_uses = await events(
-            f"e.kind = 'tool_use' AND json_extract(e.data, '$.name') IN ({marks})",
-            names,
-            " ORDER BY r.ord, e.seq",
+            f"e.kind = 'tool_use' AND {name} IN ({listed})", names, " ORDER BY r.ord, e.seq"
         )
     return Digest(
         runs=runs,
@@ -159,7 +157,7 @@ async def read_digest(fetch: Fetch, session_id: str, limits: Limits, *, after: i
         errors=await events("e.kind = 'error'", newest, _NEWEST + " LIMIT :limit"),
         checkpoints=checkpoints,
         file_uses=file_uses,
-        results=await _results(fetch, file_uses),
+        results=await _results(fetch, sql, file_uses),
     )
 
 
@@ -193,12 +191,12 @@ class DigestCache:
         self.size = size
         self._entries: OrderedDict[str, tuple[Limits, Digest]] = OrderedDict()
 
-    async def read(self, fetch: Fetch, session_id: str, limits: Limits) -> Digest:
+    async def read(self, fetch: Fetch, sql: Dialect, session_id: str, limits: Limits) -> Digest:
         """The whole session's digest: the cached completed runs plus a read of the rest."""
         entry = self._entries.get(session_id)
         cached = entry[1] if entry is not None and entry[0] == limits else None
         after = cached.runs[-1].ord if cached is not None and cached.runs else -1
-        fresh = await read_digest(fetch, session_id, limits, after=after)
+        fresh = await read_digest(fetch, sql, session_id, limits, after=after)
         whole = merge(cached, fresh, limits) if cached is not None else fresh
         if whole.completed() and self.size > 0:
             self._entries[session_id] = (limits, whole)
@@ -229,19 +227,21 @@ def _cut(value: Any) -> Any:
     return value
 
 
-async def _results(fetch: Fetch, uses: list[Event]) -> dict[tuple[str, str], ToolResult]:
+async def _results(
+    fetch: Fetch, sql: Dialect, uses: list[Event]
+) -> dict[tuple[str, str], ToolResult]:
     """The results of ``uses``, read from only the runs they are in."""
     run_ids = sorted({use.run_id for use in uses})
     if not run_ids:
         return {}
-    marks = ", ".join("?" * len(run_ids))
+    listed, params = marks("run", run_ids)
     rows = await fetch(
         f"""
-        SELECT run_id, json_extract(data, '$.tool_id'), json_extract(data, '$.is_error'),
-            substr(json_extract(data, '$.content'), 1, 200)
-        FROM events WHERE run_id IN ({marks}) AND kind = 'tool_result'
+        SELECT run_id, {sql.json_text("data", "tool_id")}, {sql.json_truth("data", "is_error")},
+            substr({sql.json_text("data", "content")}, 1, 200)
+        FROM events WHERE run_id IN ({listed}) AND kind = 'tool_result'
         """,
-        run_ids,
+        params,
     )
     return {
         (str(run_id), str(tool_id)): ToolResult(

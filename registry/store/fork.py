@@ -7,6 +7,9 @@ point ends in a ``complete`` with ``reason: "interrupted"`` (every run in the lo
 exactly one). Provider session ids and ``client_msg_id`` are not copied: the fork's own
 runs must never continue, or be mistaken for, the original's. What the fork's provider
 needs to continue the conversation is stored as its :class:`~registry.events.ForkOrigin`.
+
+Copied runs get start orders from the store's allocator, or keep their source runs' own
+(what PostgreSQL does, see :class:`~registry.store.PostgresStore`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import aiosqlite
 import msgspec
 
 from ..events import COMPLETE, USER_MESSAGE, ForkOrigin, Position, complete_data
 from ..ids import RunIds
+from .sql import Tx
 
 _encoder = msgspec.json.Encoder()
 
@@ -47,6 +50,8 @@ class CopiedRun(NamedTuple):
     """One source run as a fork copies it."""
 
     run_id: str
+    ord: int
+    """The source run's start order."""
     keep: int
     """Events 1 to ``keep`` are copied."""
     cut: bool
@@ -80,53 +85,51 @@ class ForkRequest(NamedTuple):
 
 
 async def write_fork(
-    db: aiosqlite.Connection, request: ForkRequest, *, allocate_ords: Callable[[int], int]
+    tx: Tx, request: ForkRequest, *, allocate_ords: Callable[[int], int] | None
 ) -> bool:
-    """Create the fork in the transaction of ``db``; ``False`` when the source is not the
-    owner's. ``allocate_ords(n)`` reserves ``n`` start-order numbers and returns the first."""
-    rows = list(
-        await db.execute_fetchall(
-            "SELECT provider, title, handoff FROM sessions WHERE session_id = ? AND owner = ?",
-            (request.source, request.owner),
-        )
+    """Create the fork in the transaction ``tx``; ``False`` when the source is not the
+    owner's. ``allocate_ords(n)`` reserves ``n`` start-order numbers and returns the first;
+    ``None`` keeps the source runs' start orders."""
+    rows = await tx.fetch(
+        "SELECT provider, title, handoff FROM sessions WHERE session_id = :session"
+        " AND owner = :owner",
+        {"session": request.source, "owner": request.owner},
     )
     if not rows:
         return False
     provider, source_title, handoff = rows[0]
-    plan = await plan_fork(db, request.source, request.at)
+    plan = await plan_fork(tx, request.source, request.at)
     forked_from = {
         "session_id": request.source,
         "run_id": plan.at.run_id if plan.at else None,
         "seq": plan.at.seq if plan.at else None,
     }
-    await db.execute(
+    await tx.execute(
         """
         INSERT INTO sessions (session_id, owner, provider, title, status, created_at,
             updated_at, handoff, forked_from)
-        VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?)
+        VALUES (:session, :owner, :provider, :title, 'active', :now, :now, :handoff, :from)
         """,
-        (
-            request.new_id,
-            request.owner,
-            provider,
-            request.title if request.title is not None else fork_title(source_title),
-            request.now_ms,
-            request.now_ms,
-            handoff,
-            _json(forked_from),
-        ),
+        {
+            "session": request.new_id,
+            "owner": request.owner,
+            "provider": provider,
+            "title": request.title if request.title is not None else fork_title(source_title),
+            "now": request.now_ms,
+            "handoff": handoff,
+            "from": _json(forked_from),
+        },
     )
-    turns = await copy_runs(
-        db,
-        plan,
-        session_id=request.new_id,
-        first_ord=allocate_ords(len(plan.runs)),
-        now_ms=request.now_ms,
-    )
+    if allocate_ords is None:
+        ords = [run.ord for run in plan.runs]
+    else:
+        first = allocate_ords(len(plan.runs))
+        ords = list(range(first, first + len(plan.runs)))
+    turns = await copy_runs(tx, plan, session_id=request.new_id, ords=ords, now_ms=request.now_ms)
     resume_id = plan.runs[-1].provider_session_id if plan.exact else None
-    await db.execute(
-        "UPDATE sessions SET fork_origin = ? WHERE session_id = ?",
-        (_json(ForkOrigin(resume_id, turns, None)._asdict()), request.new_id),
+    await tx.execute(
+        "UPDATE sessions SET fork_origin = :origin WHERE session_id = :session",
+        {"origin": _json(ForkOrigin(resume_id, turns, None)._asdict()), "session": request.new_id},
     )
     return True
 
@@ -140,18 +143,18 @@ def _json(value: Any) -> str:
     return _encoder.encode(value).decode()
 
 
-async def plan_fork(db: aiosqlite.Connection, session_id: str, at: ForkPoint | None) -> ForkPlan:
+async def plan_fork(tx: Tx, session_id: str, at: ForkPoint | None) -> ForkPlan:
     """Which runs and events a fork at ``at`` (``None``: the end) copies."""
     runs = [
-        (str(run_id), int(last), status == "completed", provider_id)
-        for run_id, provider_id, last, status in await db.execute_fetchall(
+        _SourceRun(str(run_id), int(ord_), int(last), status == "completed", provider_id)
+        for run_id, ord_, provider_id, last, status in await tx.fetch(
             """
-            SELECT r.run_id, r.provider_session_id,
+            SELECT r.run_id, r.ord, r.provider_session_id,
                 (SELECT COALESCE(MAX(e.seq), 0) FROM events e WHERE e.run_id = r.run_id),
                 r.status
-            FROM runs r WHERE r.session_id = ? ORDER BY r.ord
+            FROM runs r WHERE r.session_id = :session ORDER BY r.ord
             """,
-            (session_id,),
+            {"session": session_id},
         )
     ]
     if not runs:
@@ -159,26 +162,39 @@ async def plan_fork(db: aiosqlite.Connection, session_id: str, at: ForkPoint | N
             raise BadForkPoint("run_id", f"session {session_id} has no runs")
         return ForkPlan([], None, False)
     if at is None:
-        index, keep = len(runs) - 1, runs[-1][1]
+        index, keep = len(runs) - 1, runs[-1].last
     else:
-        found = [i for i, run in enumerate(runs) if run[0] == at.run_id]
+        found = [i for i, run in enumerate(runs) if run.run_id == at.run_id]
         if not found:
             raise BadForkPoint("run_id", f"run {at.run_id} is not a run of session {session_id}")
         index = found[0]
-        keep = runs[index][1] if at.seq is None else at.seq
-        if not 0 <= keep <= runs[index][1]:
-            raise BadForkPoint("seq", f"expected 0 to {runs[index][1]} (the run's last seq)")
-    copied = [CopiedRun(run_id, last, not done, pid) for run_id, last, done, pid in runs[:index]]
-    run_id, last, done, provider_id = runs[index]
+        keep = runs[index].last if at.seq is None else at.seq
+        if not 0 <= keep <= runs[index].last:
+            raise BadForkPoint("seq", f"expected 0 to {runs[index].last} (the run's last seq)")
+    copied = [
+        CopiedRun(run.run_id, run.ord, run.last, not run.done, run.provider_id)
+        for run in runs[:index]
+    ]
+    cut = runs[index]
     if keep > 0:
-        copied.append(CopiedRun(run_id, keep, keep < last or not done, provider_id))
-    point = Position(run_id, keep)
+        copied.append(
+            CopiedRun(cut.run_id, cut.ord, keep, keep < cut.last or not cut.done, cut.provider_id)
+        )
+    point = Position(cut.run_id, keep)
     if not copied:
         return ForkPlan([], point, False)
     tail = copied[-1]
-    later = {run[3] for run in runs[len(copied) :]}
+    later = {run.provider_id for run in runs[len(copied) :]}
     exact = not tail.cut and tail.provider_session_id is not None
     return ForkPlan(copied, point, exact and tail.provider_session_id not in later)
+
+
+class _SourceRun(NamedTuple):
+    run_id: str
+    ord: int
+    last: int
+    done: bool
+    provider_id: str | None
 
 
 _COPY_RUN = """
@@ -191,7 +207,7 @@ _COPY_RUN = """
 _COPY_CUT_RUN = """
     INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, exit_code, error,
         last_seq, started_at, completed_at)
-    SELECT :run, :session, :ord, provider, 'completed', 'interrupted', 1, :error, :keep + 1,
+    SELECT :run, :session, :ord, provider, 'completed', 'interrupted', 1, :error, :last,
         started_at, :now
     FROM runs WHERE run_id = :source
 """
@@ -199,42 +215,52 @@ _COPY_CUT_RUN = """
 _COPY_EVENTS = """
     INSERT INTO events (run_id, seq, kind, ts, data)
     SELECT :run, seq, kind, ts,
-        CASE WHEN kind = 'complete' THEN json_set(data, '$.actual_session_id', :session)
-        ELSE data END
+        CASE WHEN kind = 'complete' THEN {complete} ELSE data END
     FROM events WHERE run_id = :source AND seq <= :keep
 """
 
 
 async def copy_runs(
-    db: aiosqlite.Connection, plan: ForkPlan, *, session_id: str, first_ord: int, now_ms: int
+    tx: Tx, plan: ForkPlan, *, session_id: str, ords: list[int], now_ms: int
 ) -> int:
-    """Copy the planned runs into ``session_id``; returns how many user prompts they hold."""
+    """Copy the planned runs into ``session_id`` with the start orders ``ords``; returns how
+    many user prompts they hold."""
     run_ids = RunIds()
-    for offset, run in enumerate(plan.runs):
+    copy_events = _COPY_EVENTS.format(
+        complete=tx.sql.json_set("data", "actual_session_id", ":session")
+    )
+    for ord_, run in zip(ords, plan.runs, strict=True):
         params: dict[str, Any] = {
             "run": run_ids.new(now_ms),
             "session": session_id,
-            "ord": first_ord + offset,
+            "ord": ord_,
             "source": run.run_id,
             "keep": run.keep,
-            "error": FORK_POINT,
-            "now": now_ms,
         }
-        await db.execute(_COPY_CUT_RUN if run.cut else _COPY_RUN, params)
-        await db.execute(_COPY_EVENTS, params)
+        if run.cut:
+            extra = {"error": FORK_POINT, "last": run.keep + 1, "now": now_ms}
+            await tx.execute(_COPY_CUT_RUN, {**params, **extra})
+        else:
+            await tx.execute(_COPY_RUN, params)
+        await tx.execute(copy_events, params)
         if run.cut:
             data = complete_data(session_id, reason="interrupted", error=FORK_POINT)
-            await db.execute(
-                "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)",
-                (params["run"], run.keep + 1, COMPLETE, now_ms, _json(data)),
+            await tx.execute(
+                "INSERT INTO events (run_id, seq, kind, ts, data)"
+                " VALUES (:run, :seq, :kind, :ts, :data)",
+                {
+                    "run": params["run"],
+                    "seq": run.keep + 1,
+                    "kind": COMPLETE,
+                    "ts": now_ms,
+                    "data": _json(data),
+                },
             )
-    rows = list(
-        await db.execute_fetchall(
-            """
-            SELECT count(*) FROM runs r CROSS JOIN events e
-            WHERE r.session_id = ? AND e.run_id = r.run_id AND e.kind = ?
-            """,
-            (session_id, USER_MESSAGE),
-        )
+    rows = await tx.fetch(
+        """
+        SELECT count(*) FROM runs r CROSS JOIN events e
+        WHERE r.session_id = :session AND e.run_id = r.run_id AND e.kind = :kind
+        """,
+        {"session": session_id, "kind": USER_MESSAGE},
     )
     return int(rows[0][0])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
+
+from ..events import Outcome, RunStatus, RunSummary, Turn
 
 if TYPE_CHECKING:
     from .writer import Writer
@@ -71,3 +74,82 @@ class StoreStats:
     def backlog(self) -> int:
         """Events queued for the disk and not yet committed."""
         return self._writer.backlog
+
+
+def check_owner(owner: str) -> None:
+    """Refuse an owner that is not a non-empty string."""
+    if not isinstance(owner, str) or not owner:
+        raise ValueError("owner must be a non-empty string")
+
+
+def check_title(title: str | None) -> None:
+    """Refuse a title that is neither a string nor ``None``."""
+    if title is not None and not isinstance(title, str):
+        raise ValueError("title must be a string or null")
+
+
+def session_record(row: Any) -> SessionRecord:
+    """A session from a row of the store's session columns."""
+    sid, owner, title, provider, status, created_at, updated_at, unread, running = row[:9]
+    handoff, forked_from = row[9:]
+    return SessionRecord(
+        sid,
+        owner,
+        title,
+        provider,
+        cast(SessionStatus, status),
+        created_at,
+        updated_at,
+        bool(unread),
+        running,
+        msgspec.json.decode(handoff) if handoff is not None else None,
+        msgspec.json.decode(forked_from) if forked_from is not None else None,
+    )
+
+
+def run_summary(row: Any) -> RunSummary:
+    """A run from a row of the store's run columns (``subscribers`` is 0)."""
+    run_id, session_id, provider, status, started_at, completed_at, last_seq, outcome = row
+    return RunSummary(
+        run_id=run_id,
+        session_id=session_id,
+        provider=provider,
+        status=cast(RunStatus, status),
+        started_at=started_at,
+        completed_at=completed_at,
+        last_seq=last_seq,
+        subscribers=0,
+        outcome=cast(Outcome | None, outcome),
+    )
+
+
+def turns_of(events: Iterable[tuple[str, str, dict[str, Any]]]) -> list[Turn]:
+    """Turns from ``(run_id, kind, data)`` of completed runs' ``user_message``, ``text`` and
+    ``text_delta`` events in order: each run's prompt, then its answer (its texts joined
+    by lines, or else its deltas joined)."""
+    turns: list[Turn] = []
+    current: str | None = None
+    texts: list[str] = []
+    deltas: list[str] = []
+
+    def close_run() -> None:
+        answer = "\n".join(texts) if texts else "".join(deltas)
+        if answer:
+            turns.append(Turn("assistant", answer))
+
+    for run_id, kind, data in events:
+        if run_id != current:
+            if current is not None:
+                close_run()
+            current, texts, deltas = run_id, [], []
+        if kind == "user_message":
+            content = data.get("content")
+            if isinstance(content, str):
+                turns.append(Turn("user", content))
+            continue
+        text = data.get("text")
+        if isinstance(text, str):
+            (texts if kind == "text" else deltas).append(text)
+    if current is not None:
+        close_run()
+    return turns

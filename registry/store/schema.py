@@ -105,12 +105,13 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class NewerSchema(Exception):
-    """The file was written by a newer runwire: its version is past :data:`SCHEMA_VERSION`."""
+    """The database was written by a newer runwire: its version is past the newest this code
+    knows (:data:`SCHEMA_VERSION` for a SQLite file)."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, *, newest: int = SCHEMA_VERSION, place: str = "file") -> None:
         super().__init__(
             f"schema version {version} is newer than this runwire supports "
-            f"({SCHEMA_VERSION}); upgrade runwire or use another file"
+            f"({newest}); upgrade runwire or use another {place}"
         )
         self.version = version
 

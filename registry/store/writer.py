@@ -7,76 +7,50 @@ when its oldest operation has waited ``flush_delay``, or at once when someone wa
 (a completed run, ``flush()``, a session change). A writer that fell behind takes up to
 eight batches' worth in one commit, so a backlog drains faster than it built up.
 
-Operations keep their order: a batch writes its new runs, then its events (one
-``executemany``), then provider ids and run endings, all in one transaction, so a run row is
-always there before its events and its end is never committed without them. Session changes
-(:class:`Call`) run alone in their own transaction, in queue order, and their errors go to
-the caller. Log writes never raise: a failed batch is rolled back, logged and retried with
-backoff; an operation the database refuses outright (a constraint) is isolated, logged as an
-error and skipped, and the rest of its batch is written.
+Operations keep their order: a batch writes its new runs, then its events, then provider
+ids and run endings, all in one transaction, so a run row is always there before its
+events and its end is never committed without them. Session changes (:class:`Call`) run
+alone in their own transaction, in queue order, and their errors go to the caller. Log
+writes never raise: a failed batch is rolled back, logged and retried with backoff; an
+operation the database refuses outright (a constraint) is isolated, logged as an error and
+skipped, and the rest of its batch is written.
+
+All of that is this module's :class:`Writer`, whatever the database. What differs per
+database is a small :class:`Backend`: how a transaction begins, how a batch's writes are
+issued (in bulk, or one operation at a time), which errors blame the data, and any work
+beside the writer (SQLite's WAL checkpoints). See ``sqlite_writer`` and ``postgres_writer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-import aiosqlite
 import anyio
 import msgspec
 
 from ..events import Event
 from .errors import StoreError
 from .records import StoreStats
+from .sql import Tx
 
 log = logging.getLogger("runwire.store")
 
 # durable_seq of a run with nothing left to write: any seq it has is on disk.
 ALL = 1 << 62
-# Errors that blame one operation's data (a constraint, a value SQLite cannot bind): that
-# operation is isolated and skipped. Any other error (locked, busy, I/O, full disk, a
-# damaged page) says nothing about the data: the batch is retried as it is.
-_REFUSED = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    TypeError,
-    ValueError,
-    OverflowError,
-)
 # Attempts per batch once close() has begun, before giving up on what is left.
 _CLOSE_ATTEMPTS = 3
 _MAX_BACKOFF = 2.0
-# Pages (roughly) committed before the background checkpoint runs: ~1 MB of WAL.
-_CHECKPOINT_PAGES = 256
+# Failed attempts in a row after which impatient waiters are released with an error: the
+# first retry comes 50 ms after the first failure, so a dropped connection that is made
+# again at once costs them nothing, and a database that stays away does not hold them.
+_IMPATIENT_AFTER = 2
 
-INSERT_SESSION_STUB = """
-    INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)
-    VALUES (?, '', ?, ?, ?)
-    ON CONFLICT (session_id) DO UPDATE SET updated_at = MAX(updated_at, excluded.updated_at)
-"""
-INSERT_RUN = """
-    INSERT INTO runs (run_id, session_id, ord, provider, status, client_msg_id, started_at)
-    VALUES (?, ?, ?, ?, 'running', ?, ?)
-"""
-INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
-SET_SESSION_PROVIDER_ID = "UPDATE sessions SET provider_session_id = ? WHERE session_id = ?"
-SET_RUN_PROVIDER_ID = "UPDATE runs SET provider_session_id = ? WHERE run_id = ?"
-END_RUN = """
-    UPDATE runs SET status = 'completed', outcome = ?, exit_code = ?, error = ?,
-        completed_at = ?, last_seq = MAX(last_seq, ?)
-    WHERE run_id = ?
-"""
-END_RUN_SESSION = """
-    UPDATE sessions SET updated_at = MAX(updated_at, ?1),
-        unread_since = CASE WHEN ?2 THEN COALESCE(unread_since, ?1) ELSE unread_since END
-    WHERE session_id = ?3
-"""
+EventRow = tuple[str, int, str, int, str]
+"""An event as the log stores it: (run_id, seq, kind, ts, data as JSON text)."""
 
 
 class RunStart(NamedTuple):
@@ -115,15 +89,24 @@ LogOp = Event | RunStart | RunEnd | ProviderId
 
 
 class Call:
-    """A change someone awaits (a session edit): one transaction, its error to the caller."""
+    """A change someone awaits (a session edit): one transaction, its error to the caller.
 
-    __slots__ = ("_done", "_error", "_result", "fn")
+    An impatient call is failed at once when the writer cannot reach the database, rather
+    than run whenever it comes back; the writer then skips it.
+    """
 
-    def __init__(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
+    __slots__ = ("_done", "_error", "_result", "fn", "impatient")
+
+    def __init__(self, fn: Callable[[Tx], Awaitable[Any]], *, impatient: bool = False) -> None:
         self.fn = fn
+        self.impatient = impatient
         self._done = anyio.Event()
         self._result: Any = None
         self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def resolve(self, result: Any) -> None:
         self._result = result
@@ -141,18 +124,21 @@ class Call:
 
 
 class Barrier:
-    """``flush()``: released once everything queued before it is committed."""
+    """``flush()``: released once everything queued before it is committed. An impatient
+    one is released with ``error`` set when the writer cannot reach the database."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "error", "impatient")
 
-    def __init__(self) -> None:
+    def __init__(self, *, impatient: bool = False) -> None:
         self.done = anyio.Event()
+        self.impatient = impatient
+        self.error: StoreError | None = None
 
 
 Op = LogOp | Call | Barrier
 
 
-class _Plan:
+class Plan:
     """A batch of log operations turned into statement parameters, once, before writing."""
 
     __slots__ = ("ends", "events", "last_seq", "ops", "provider_ids", "starts")
@@ -160,7 +146,7 @@ class _Plan:
     def __init__(self, ops: list[Op], encode: Callable[[Event], str]) -> None:
         self.ops = ops
         self.starts: list[RunStart] = []
-        self.events: list[tuple[str, int, str, int, str]] = []
+        self.events: list[EventRow] = []
         self.provider_ids: list[ProviderId] = []
         self.ends: list[RunEnd] = []
         self.last_seq: dict[str, int] = {}
@@ -177,33 +163,149 @@ class _Plan:
                 self.provider_ids.append(op)
 
 
-class Writer:
-    """Owns the write connection and the task that uses it, plus a checkpoint connection
-    and its task.
+class Statements(NamedTuple):
+    """A database's statements for the log operations, each taking the parameters below in
+    this order (``?`` or ``$n``, whichever the database binds)."""
 
-    :meth:`start` creates both tasks; :meth:`stop` drains the queue and ends them. They are
-    asyncio tasks owned by this object rather than task group children, because the
-    store's lifetime spans tasks (a server lifespan, a test fixture: open and close run in
-    different tasks, which a task group forbids) and aiosqlite is asyncio-only anyway.
+    session_stub: str
+    """(session_id, provider, started_at, started_at): a session row for a new run's session,
+    if it has none, else its ``updated_at`` moved on."""
+    run: str
+    """(run_id, session_id, ord, provider, client_msg_id, started_at)."""
+    events: str
+    """:data:`EventRow`."""
+    session_provider_id: str
+    """(provider_session_id, session_id)."""
+    run_provider_id: str
+    """(provider_session_id, run_id)."""
+    end_run: str
+    """(outcome, exit_code, error, completed_at, last_seq, run_id)."""
+    end_session: str
+    """(completed_at, unread, session_id)."""
+
+
+def batch_writes(statements: Statements, plan: Plan) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements of a batch, each with its rows of parameters, in the order they must
+    be written: run starts, events, provider ids, run ends."""
+    writes: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for ops in (plan.starts, None, plan.provider_ids, plan.ends):
+        if ops is None:
+            if plan.events:
+                writes.append((statements.events, list(plan.events)))
+            continue
+        # Each operation of a kind writes the same statements: one executemany apiece.
+        each = [op_writes(statements, op, None) for op in ops]
+        if each:
+            writes.extend(
+                (statement, [writes_of[i][1] for writes_of in each])
+                for i, (statement, _) in enumerate(each[0])
+            )
+    return writes
+
+
+def op_writes(
+    statements: Statements, op: LogOp, row: EventRow | None
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements, with their parameters, that write one operation (an event's
+    ``row`` given)."""
+    if row is not None:
+        return [(statements.events, row)]
+    if isinstance(op, RunStart):
+        return [
+            (statements.session_stub, (op.session_id, op.provider, op.started_at, op.started_at)),
+            (
+                statements.run,
+                (op.run_id, op.session_id, op.ord, op.provider, op.client_msg_id, op.started_at),
+            ),
+        ]
+    if isinstance(op, ProviderId):
+        return [
+            (statements.session_provider_id, (op.provider_session_id, op.session_id)),
+            (statements.run_provider_id, (op.provider_session_id, op.run_id)),
+        ]
+    if isinstance(op, RunEnd):
+        return [
+            (
+                statements.end_run,
+                (op.outcome, op.exit_code, op.error, op.completed_at, op.last_seq, op.run_id),
+            ),
+            (statements.end_session, (op.completed_at, op.unread, op.session_id)),
+        ]
+    return []
+
+
+class Backend(Protocol):
+    """One database connection as the writer uses it: only ever from the writer's task,
+    one statement at a time."""
+
+    name: str
+    """What the messages name: a file path, or a URL without its password."""
+
+    refused: tuple[type[Exception], ...]
+    """Errors that blame one operation's data (a constraint, a value the database cannot
+    store): that operation is isolated and skipped. Any other error says nothing about the
+    data, and the batch is retried as it is."""
+
+    async def begin(self) -> Tx:
+        """Begin a write transaction (connecting first, if the connection was lost); the
+        handle a :class:`Call` is given."""
+        ...
+
+    async def execute(self, statement: str) -> None:
+        """A statement without parameters: ``COMMIT``, ``SAVEPOINT op`` and the like."""
+        ...
+
+    async def write(self, plan: Plan) -> None:
+        """Every write of ``plan``, in bulk, in the open transaction (see the module
+        docstring for the order)."""
+        ...
+
+    async def apply(self, op: LogOp, row: EventRow | None) -> None:
+        """One operation in the open transaction; ``row`` is an event's stored form."""
+        ...
+
+    async def rollback(self) -> None:
+        """End a failed transaction, if one is open. Never raises."""
+        ...
+
+    def committed(self, plan: Plan) -> None:
+        """Called after each committed batch."""
+        ...
+
+    def start(self, stats: StoreStats) -> None:
+        """Start any work beside the writer."""
+        ...
+
+    async def stop(self) -> None:
+        """End that work; the writer has written its last."""
+        ...
+
+
+class Writer:
+    """Owns the queue and the task that writes it through a :class:`Backend`.
+
+    :meth:`start` creates the task; :meth:`stop` drains the queue and ends it. It is an
+    asyncio task owned by this object rather than a task group child, because the store's
+    lifetime spans tasks (a server lifespan, a test fixture: open and close run in
+    different tasks, which a task group forbids) and both drivers are asyncio-only anyway.
+
+    With ``impatient``, session changes fail with a :class:`StoreError` instead of waiting
+    while the database cannot be reached (see :meth:`flush` for reads).
     """
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
-        checkpointer: aiosqlite.Connection,
-        path: str,
+        backend: Backend,
         *,
         flush_delay: float,
         batch_size: int,
+        impatient: bool = False,
     ) -> None:
-        self._db = db
-        self._checkpointer = checkpointer
-        self._checkpoint_wanted = anyio.Event()
-        self._pages = 0
-        self._writer_done = False
-        self._path = path
+        self._backend = backend
+        self._path = backend.name
         self._flush_delay = flush_delay
         self._batch_size = batch_size
+        self._impatient_calls = impatient
         # A writer that fell behind takes more at once: one commit for several batches'
         # worth is much cheaper than several (each commit rewrites every page it touched).
         self._max_batch = batch_size * 8
@@ -220,7 +322,6 @@ class Writer:
         self._since = 0.0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._checkpoint_task: asyncio.Task[None] | None = None
         self._queued_events = 0
         self._settled_events = 0
         # run_id -> highest seq committed, for runs with writes still to come. A run leaves
@@ -230,35 +331,38 @@ class Writer:
         # those events are not on disk, so the registry must keep them in memory).
         self._holes: dict[str, int] = {}
         self._encoder = msgspec.json.Encoder()
+        # Failed attempts in a row of the batch being written, and the last error.
+        self._failures = 0
+        self._failure = ""
+        # Impatient calls and barriers in the queue, released when the database is away.
+        self._impatient: set[Call | Barrier] = set()
+        # Set to cut a retry's backoff short.
+        self._retry_now = anyio.Event()
         # Told (run_id, seq) after each commit that made a run durable up to seq.
         self.on_durable: Callable[[str, int], None] | None = None
 
     # Lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name="runwire-store-writer")
-        self._checkpoint_task = loop.create_task(
-            self._checkpoint_forever(), name="runwire-store-checkpoint"
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="runwire-store-writer"
         )
+        self._backend.start(self.stats)
 
     async def stop(self) -> None:
-        """Write everything queued, then end the tasks. Completes even if cancelled."""
-        tasks = [t for t in (self._task, self._checkpoint_task) if t is not None]
-        if not tasks:
+        """Write everything queued, then end the task. Completes even if cancelled."""
+        task = self._task
+        if task is None:
             return
         self._closing = True
         self._urge()
         with anyio.CancelScope(shield=True):
-            await asyncio.wait(tasks[:1])
-            # The writer is done: nothing more to checkpoint.
-            self._writer_done = True
-            self._checkpoint_wanted.set()
-            await asyncio.wait(tasks)
-        self._task = self._checkpoint_task = None
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("the store's %s task failed", task.get_name(), exc_info=task.exception())
+            await asyncio.wait([task])
+            # The writer is done: nothing more to do beside it.
+            await self._backend.stop()
+        self._task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the store's %s task failed", task.get_name(), exc_info=task.exception())
 
     # Queueing (synchronous, never blocks) ----------------------------------------------
 
@@ -281,23 +385,35 @@ class Writer:
         """Write what is queued now rather than after the delay."""
         self._urge()
 
-    async def call(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+    async def call(self, fn: Callable[[Tx], Awaitable[Any]]) -> Any:
         """Run ``fn`` in its own transaction after everything queued so far."""
-        call = Call(fn)
+        call = Call(fn, impatient=self._impatient_calls)
         self._put_special(call)
         return await call.wait()
 
-    async def flush(self) -> None:
-        """Return once everything queued before the call is committed (or given up on)."""
+    async def flush(self, *, impatient: bool = False) -> None:
+        """Return once everything queued before the call is committed (or given up on).
+
+        With ``impatient`` (a read that wants what was published, not an outage's worth of
+        waiting), raise :class:`StoreError` instead while the database cannot be reached.
+        """
         if self.settled:
             return
-        barrier = Barrier()
+        barrier = Barrier(impatient=impatient)
         self._put_special(barrier)
         await barrier.done.wait()
+        if barrier.error is not None:
+            raise barrier.error
 
     def _put_special(self, op: Call | Barrier) -> None:
         if self._task is None or self._closing:
             raise StoreError(f"{self._path}: the store is closing")
+        if op.impatient:
+            self._impatient.add(op)
+            if self._failures >= _IMPATIENT_AFTER:
+                # Try the database now rather than after the backoff: the waiter gets its
+                # answer (or the error) at once, and a database that is back serves it.
+                self._retry_now.set()
         self._queue.append(op)
         self._special += 1
         self._urge()
@@ -365,6 +481,8 @@ class Writer:
             return
         if isinstance(head, Call):
             self._pop_special()
+            if head.done:  # an impatient call already failed: its caller has moved on
+                return
             self._busy = True
             try:
                 await self._run_call(head)
@@ -376,7 +494,7 @@ class Writer:
         self._since = time.monotonic()
         self._busy = True
         try:
-            await self._write(_Plan(batch, self._encode), started)
+            await self._write(Plan(batch, self._encode), started)
         except Exception:
             # A bug, not a database error (those are handled inside): keep the writer alive.
             log.exception("the store's writer failed on a batch of %d writes", len(batch))
@@ -401,7 +519,9 @@ class Writer:
         return batch
 
     def _pop_special(self) -> None:
-        del self._queue[0]
+        op = self._queue.pop(0)
+        assert isinstance(op, Call | Barrier)
+        self._impatient.discard(op)
         self._special -= 1
         self._urgent = max(0, self._urgent - 1)
 
@@ -409,6 +529,7 @@ class Writer:
         ops, self._queue = self._queue, []
         self._special = 0
         self._urgent = 0
+        self._impatient.clear()
         return ops
 
     def _encode(self, event: Event) -> str:
@@ -431,16 +552,17 @@ class Writer:
 
     # Writing ---------------------------------------------------------------------------
 
-    async def _write(self, plan: _Plan, started: float) -> None:
+    async def _write(self, plan: Plan, started: float) -> None:
         """Commit a batch, retrying transient failures; never raises a database error."""
+        refused = self._backend.refused
         attempt = 0
         one_by_one = False
         while True:
             begin = time.monotonic()
             try:
                 skipped = await (self._commit_each(plan) if one_by_one else self._commit(plan))
-            except _REFUSED as exc:
-                await self._rollback()
+            except refused as exc:
+                await self._backend.rollback()
                 self.stats.write_errors += 1
                 if not one_by_one:
                     # Something in the batch is refused outright: find it, write the rest.
@@ -451,12 +573,13 @@ class Writer:
                     continue
                 error: Exception = exc
             except Exception as exc:
-                await self._rollback()
+                await self._backend.rollback()
                 self.stats.write_errors += 1
                 error = exc
             else:
                 break
             attempt += 1
+            self._failed(error)
             if self._closing and attempt >= _CLOSE_ATTEMPTS:
                 log.error("giving up writing to %s while closing: %s", self._path, error)
                 self._lose(plan.ops, str(error))
@@ -470,97 +593,51 @@ class Writer:
                 error,
                 backoff,
             )
-            await anyio.sleep(backoff)
+            self._retry_now = anyio.Event()
+            with anyio.move_on_after(backoff):
+                await self._retry_now.wait()
         now = time.monotonic()
+        if self._failures:
+            if self._failures >= _IMPATIENT_AFTER:
+                log.warning("writing to %s works again", self._path)
+            self._failures = 0
         self._committed(plan, skipped)
         stats = self.stats
         stats.flushes += 1
         stats.last_flush_ms = (now - begin) * 1000
         stats.flush_latency_ms.append((now - started) * 1000)
 
-    async def _commit(self, plan: _Plan) -> list[Op]:
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        if plan.starts:
-            await db.executemany(
-                INSERT_SESSION_STUB,
-                [(s.session_id, s.provider, s.started_at, s.started_at) for s in plan.starts],
-            )
-            await db.executemany(
-                INSERT_RUN,
-                [
-                    (s.run_id, s.session_id, s.ord, s.provider, s.client_msg_id, s.started_at)
-                    for s in plan.starts
-                ],
-            )
-        if plan.events:
-            await db.executemany(INSERT_EVENT, plan.events)
-        if plan.provider_ids:
-            await db.executemany(
-                SET_SESSION_PROVIDER_ID,
-                [(p.provider_session_id, p.session_id) for p in plan.provider_ids],
-            )
-            await db.executemany(
-                SET_RUN_PROVIDER_ID, [(p.provider_session_id, p.run_id) for p in plan.provider_ids]
-            )
-        if plan.ends:
-            await db.executemany(
-                END_RUN,
-                [
-                    (e.outcome, e.exit_code, e.error, e.completed_at, e.last_seq, e.run_id)
-                    for e in plan.ends
-                ],
-            )
-            await db.executemany(
-                END_RUN_SESSION, [(e.completed_at, e.unread, e.session_id) for e in plan.ends]
-            )
-        await db.execute("COMMIT")
+    async def _commit(self, plan: Plan) -> list[Op]:
+        backend = self._backend
+        await backend.begin()
+        await backend.write(plan)
+        await backend.execute("COMMIT")
         return []
 
-    async def _commit_each(self, plan: _Plan) -> list[Op]:
+    async def _commit_each(self, plan: Plan) -> list[Op]:
         """The batch in order, each write in a savepoint; returns the writes refused."""
-        db = self._db
+        backend = self._backend
         skipped: list[Op] = []
         events = iter(plan.events)
-        await db.execute("BEGIN IMMEDIATE")
+        await backend.begin()
         for op in plan.ops:
-            await db.execute("SAVEPOINT op")
+            await backend.execute("SAVEPOINT op")
             try:
                 if type(op) is Event:
-                    await db.execute(INSERT_EVENT, next(events))
-                else:
-                    await self._apply(op)
-            except _REFUSED as exc:
-                await db.execute("ROLLBACK TO op")
+                    await backend.apply(op, next(events))
+                elif isinstance(op, RunStart | RunEnd | ProviderId):
+                    await backend.apply(op, None)
+            except backend.refused as exc:
+                await backend.execute("ROLLBACK TO op")
                 log.error(
                     "%s for %s could not be written and is lost: %s", _describe(op), self._path, exc
                 )
                 skipped.append(op)
-            await db.execute("RELEASE op")
-        await db.execute("COMMIT")
+            await backend.execute("RELEASE op")
+        await backend.execute("COMMIT")
         return skipped
 
-    async def _apply(self, op: Op) -> None:
-        db = self._db
-        if isinstance(op, RunStart):
-            await db.execute(
-                INSERT_SESSION_STUB, (op.session_id, op.provider, op.started_at, op.started_at)
-            )
-            await db.execute(
-                INSERT_RUN,
-                (op.run_id, op.session_id, op.ord, op.provider, op.client_msg_id, op.started_at),
-            )
-        elif isinstance(op, ProviderId):
-            await db.execute(SET_SESSION_PROVIDER_ID, (op.provider_session_id, op.session_id))
-            await db.execute(SET_RUN_PROVIDER_ID, (op.provider_session_id, op.run_id))
-        elif isinstance(op, RunEnd):
-            await db.execute(
-                END_RUN,
-                (op.outcome, op.exit_code, op.error, op.completed_at, op.last_seq, op.run_id),
-            )
-            await db.execute(END_RUN_SESSION, (op.completed_at, op.unread, op.session_id))
-
-    def _committed(self, plan: _Plan, skipped: list[Op]) -> None:
+    def _committed(self, plan: Plan, skipped: list[Op]) -> None:
         durable = self._durable
         holes = self._holes
         for op in skipped:
@@ -574,11 +651,7 @@ class Writer:
         self._report_durable(plan.last_seq)
         count = len(plan.events)
         lost = sum(1 for op in skipped if type(op) is Event)
-        # Each run written to dirties at least its leaf page; rows fill ~40 to a page.
-        self._pages += len(plan.last_seq) + count // 40 + len(plan.ops) - count + 2
-        if self._pages >= _CHECKPOINT_PAGES:
-            self._pages = 0
-            self._checkpoint_wanted.set()
+        self._backend.committed(plan)
         self._settled_events += count
         self.stats.events_written += count - lost
         self.stats.dropped += len(skipped)
@@ -593,43 +666,38 @@ class Writer:
             except Exception:
                 log.exception("the durable callback failed for run %s", run_id)
 
-    async def _checkpoint_forever(self) -> None:
-        """Copy the WAL back into the database beside the writer, not inside its commits.
-
-        A PASSIVE checkpoint on its own connection blocks neither the writer nor readers,
-        so a commit never pays for the copy and its fsync (tens of ms). The writer's own
-        auto-checkpoint stays on at a high mark as a backstop that bounds the WAL.
-        """
-        while True:
-            await self._checkpoint_wanted.wait()
-            self._checkpoint_wanted = anyio.Event()
-            if self._writer_done:
-                return
-            try:
-                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self.stats.checkpoints += 1
-            except sqlite3.Error as exc:
-                log.warning("checkpointing %s failed: %s", self._path, exc)
-
     async def _run_call(self, call: Call) -> None:
-        db = self._db
+        backend = self._backend
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            result = await call.fn(db)
-            await db.execute("COMMIT")
+            tx = await backend.begin()
+            result = await call.fn(tx)
+            await backend.execute("COMMIT")
         except Exception as exc:
-            await self._rollback()
+            await backend.rollback()
             call.fail(exc)
         else:
             call.resolve(result)
 
-    async def _rollback(self) -> None:
-        if not self._db.in_transaction:
+    def _failed(self, error: Exception) -> None:
+        """Count a failed attempt; past a few in a row, release the impatient waiters."""
+        self._failures += 1
+        self._failure = str(error)
+        if self._failures < _IMPATIENT_AFTER or not self._impatient:
             return
-        try:
-            await self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            log.error("rolling back a failed write to %s failed: %s", self._path, exc)
+        failure = self._unreachable()
+        for op in self._impatient:
+            if isinstance(op, Barrier):
+                op.error = failure
+                op.done.set()
+            else:
+                op.fail(failure)
+        self._impatient.clear()
+
+    def _unreachable(self) -> StoreError:
+        return StoreError(
+            f"{self._path}: the database cannot be written to now (writes are kept and "
+            f"retried): {self._failure}"
+        )
 
     def _lose(self, ops: list[Op], why: str) -> None:
         """Give up on ``ops``: log what is lost, mark the holes, release the waiters."""
@@ -649,7 +717,7 @@ class Writer:
         for op in ops:
             if isinstance(op, Barrier):
                 op.done.set()
-            elif isinstance(op, Call):
+            elif isinstance(op, Call) and not op.done:
                 op.fail(StoreError(f"{self._path}: not written: {why}"))
 
 

@@ -52,7 +52,9 @@ class FakeStore:
 
     # Write side ----------------------------------------------------------------------
 
-    def run_started(self, run: RunSummary, *, client_msg_id: str | None) -> None:
+    def run_started(
+        self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
+    ) -> None:
         self.started.append((run, client_msg_id))
 
     def append(self, event: Event) -> None:

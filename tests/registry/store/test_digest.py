@@ -76,7 +76,7 @@ async def test_remembered_runs_give_the_same_digest_as_a_whole_read(
             remembered = await store.digest(
                 sid, file_tools=LIMITS.file_tools, recent=3, max_checkpoints=2
             )
-            whole = await read_digest(store._fetch, sid, LIMITS)
+            whole = await read_digest(store._fetch, store.sql, sid, LIMITS)
             assert comparable(remembered) == comparable(whole)
             if keep_running:
                 registry.publish(sid, "complete", {"reason": "done", "exit_code": 0})
