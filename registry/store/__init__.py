@@ -1,13 +1,19 @@
-"""The durable side of runwire: sessions, runs and an append-only event log in SQLite.
+"""The durable side of runwire: sessions, runs and an append-only event log in SQLite, or
+in PostgreSQL for several processes sharing one database.
 
-``SQLiteStore`` implements the registry's :class:`~registry.hooks.Persistence`: events are
-queued without waiting and committed in batches by one writer task; reads replay what the
+``SQLiteStore`` and ``PostgresStore`` implement the registry's
+:class:`~registry.hooks.Persistence` and the rest of :class:`Store`: events are queued
+without waiting and committed in batches by one writer task; reads replay what the
 registry's buffers no longer hold, across restarts.
 """
 
+from typing import TYPE_CHECKING
+
+from .base import Store
 from .digest import Digest, RunFacts, ToolResult
 from .errors import StoreError
 from .fork import BadForkPoint, ForkPoint
+from .postgres import PostgresStore
 from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .sqlite import DEFAULT_PATH, SQLiteStore
@@ -20,11 +26,18 @@ __all__ = [
     "BadForkPoint",
     "Digest",
     "ForkPoint",
+    "PostgresStore",
     "RunFacts",
     "SQLiteStore",
     "SessionRecord",
     "SessionStatus",
+    "Store",
     "StoreError",
     "StoreStats",
     "ToolResult",
 ]
+
+if TYPE_CHECKING:
+    # mypy --strict checks here that both stores are a Store.
+    def _both_are_stores(sqlite: SQLiteStore, postgres: PostgresStore) -> tuple[Store, Store]:
+        return sqlite, postgres
