@@ -1,34 +1,49 @@
-"""Shared helpers for the store tests: real files in tmp_path, read back with plain sqlite3."""
+"""Shared helpers for the store tests, which run against both engines.
+
+The ``backend`` fixture is a fresh database of one engine: a SQLite file in ``tmp_path``, or
+an empty PostgreSQL database in the session's throwaway server. It opens stores on that
+database and reads back what is really stored with a plain connection of its own, outside
+the store. Tests about SQLite files as such use
+``db_path`` and :func:`rows` instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
-from registry import ManualClock
-from registry.store import SQLiteStore
+from registry import ManualClock, MemoryRegistry
+from registry.store import PostgresStore, SQLiteStore, Store
+
+ENGINES = ("sqlite", "postgres")
 
 
 @pytest.fixture(autouse=True)
 async def close_stores(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """Close every store a test opened, even when the test failed before closing it: an
     open store's connection threads would keep the interpreter from exiting."""
-    opened: list[SQLiteStore] = []
-    original = SQLiteStore.open.__func__  # type: ignore[attr-defined]
+    opened: list[Store] = []
+    for cls in (SQLiteStore, PostgresStore):
+        original = cls.open.__func__  # type: ignore[attr-defined]
 
-    async def tracked(cls: type[SQLiteStore], *args: Any, **kwargs: Any) -> SQLiteStore:
-        store: SQLiteStore = await original(cls, *args, **kwargs)
-        opened.append(store)
-        return store
+        async def tracked(cls: type[Any], *args: Any, __open: Any = original, **kwargs: Any) -> Any:
+            store = await __open(cls, *args, **kwargs)
+            opened.append(store)
+            return store
 
-    monkeypatch.setattr(SQLiteStore, "open", classmethod(tracked))
+        monkeypatch.setattr(cls, "open", classmethod(tracked))
     yield
     for store in opened:
         await store.close()
@@ -44,13 +59,242 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+class Backend:
+    """One test's database: opens stores on it and reads it directly."""
+
+    engine: str
+    label: str
+    """How the store's messages name the database."""
+    outage_words: str
+    """What a session change says while :meth:`outage` lasts."""
+
+    async def open(self, *, outages: bool = False, **options: Any) -> Store:
+        """A store on the database; with ``outages``, one whose writes fail (rather than
+        wait) while :meth:`outage` lasts."""
+        raise NotImplementedError
+
+    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A query (``?`` placeholders) on a connection of the test's own."""
+        raise NotImplementedError
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """A change made behind the store's back."""
+        raise NotImplementedError
+
+    def outage(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Writes fail while this lasts: a locked file, an unreachable database."""
+        raise NotImplementedError
+
+    async def events(self, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """The run's stored events as (seq, kind, data)."""
+        return [
+            (seq, kind, json.loads(data))
+            for seq, kind, data in await self.rows(
+                "SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            )
+        ]
+
+
+class SQLiteFile(Backend):
+    engine = "sqlite"
+    outage_words = "locked"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.label = str(path)
+
+    async def open(self, *, outages: bool = False, **options: Any) -> Store:
+        if outages:
+            options.setdefault("busy_timeout", 0)
+        return await SQLiteStore.open(self.path, **options)
+
+    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return rows(self.path, sql, params)
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute(sql, params)
+            conn.commit()
+        finally:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        blocker = sqlite3.connect(self.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+
+class PostgresDatabase(Backend):
+    engine = "postgres"
+    outage_words = "not currently accepting connections"
+
+    def __init__(self, url: str, admin_url: str, name: str) -> None:
+        self.url = self.label = url
+        self.admin_url = admin_url
+        self.name = name
+
+    async def open(self, *, outages: bool = False, **options: Any) -> Store:
+        return await PostgresStore.open(self.url, **options)
+
+    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(self.url)
+        try:
+            return [tuple(row) for row in await conn.fetch(dollars(sql), *params)]
+        finally:
+            await conn.close()
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(dollars(sql), *params)
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        """No new connection to the database, and the writer's own ended."""
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+            await self.kill(admin, "runwire-writer")
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+
+    async def kill(self, admin: asyncpg.Connection, application: str) -> int:
+        """End the backends of the store's connections named ``application``, and wait
+        until they are gone; how many there were."""
+        return int(
+            await admin.fetchval(
+                """
+                SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000))
+                FROM pg_stat_activity WHERE datname = $1 AND application_name = $2
+                """,
+                self.name,
+                application,
+            )
+        )
+
+
+def dollars(sql: str) -> str:
+    """``?`` placeholders as asyncpg's ``$1, $2 ...``."""
+    numbers = iter(range(1, 1000))
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+class Databases:
+    """Empty databases in one server, one per test, each reset and handed to a later test
+    when its test is done (creating a database costs a checkpoint: ~0.3 s a test)."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.free: list[str] = []
+        self.made: list[str] = []
+
+    def url(self, name: str) -> str:
+        return self.server_url.rsplit("/", 1)[0] + f"/{name}"
+
+    async def admin(self) -> asyncpg.Connection:
+        """A connection to the server's own database. A server just started listens before
+        it takes connections ("the database system is starting up"): wait that out."""
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    return await asyncpg.connect(self.server_url)
+                except asyncpg.CannotConnectNowError:
+                    await anyio.sleep(0.05)
+
+    @contextlib.asynccontextmanager
+    async def fresh(self) -> AsyncIterator[PostgresDatabase]:
+        """An empty database, for as long as the context lasts."""
+        name = self.free.pop() if self.free else await self._create()
+        try:
+            yield PostgresDatabase(self.url(name), self.server_url, name)
+        finally:
+            await self._reset(name)
+            self.free.append(name)
+
+    async def _create(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        admin = await self.admin()
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        self.made.append(name)
+        return name
+
+    async def _reset(self, name: str) -> None:
+        """End every connection left to the database, and empty it."""
+        admin = await self.admin()
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.execute(
+                """
+                SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+                WHERE datname = $1 AND pid <> pg_backend_pid()
+                """,
+                name,
+            )
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(self.url(name))
+        try:
+            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        finally:
+            await conn.close()
+
+    async def drop_all(self) -> None:
+        admin = await self.admin()
+        try:
+            for name in self.made:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_url: str) -> Iterator[Databases]:
+    """The test databases of the session's PostgreSQL server, dropped at its end."""
+    made = Databases(postgres_url)
+    yield made
+    asyncio.run(made.drop_all())
+
+
+@pytest.fixture(params=ENGINES)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield SQLiteFile(tmp_path / "runwire.db")
+        return
+    databases: Databases = request.getfixturevalue("databases")
+    async with databases.fresh() as database:
+        yield database
+
+
 @pytest.fixture
-async def store(db_path: Path, clock: ManualClock) -> AsyncIterator[SQLiteStore]:
-    opened = await SQLiteStore.open(db_path, clock=clock)
+async def store(backend: Backend, clock: ManualClock) -> AsyncIterator[Store]:
+    opened = await backend.open(clock=clock)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+async def started(
+    store: Store, *, owner: str = "ann", **kwargs: Any
+) -> tuple[MemoryRegistry, str, str]:
+    """A registry on ``store`` with one session and a running run (driven by publish)."""
+    record = await store.create_session(owner=owner, provider="echo")
+    registry = MemoryRegistry(store=store, **kwargs)
+    result = await registry.start(record.session_id, owner=owner, content="hello")
+    return registry, record.session_id, result.run_id
 
 
 def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -10,7 +10,7 @@ import pytest
 
 from registry.store import DEFAULT_PATH, SQLiteStore, StoreError
 
-from .conftest import rows, until
+from .conftest import Backend, rows, until
 
 
 async def test_a_path_in_a_missing_directory(tmp_path: Path) -> None:
@@ -88,8 +88,8 @@ async def test_the_default_path_is_in_the_working_directory(
     assert rows(tmp_path / "runwire.db", "PRAGMA user_version")[0][0] >= 1
 
 
-async def test_a_closed_store_refuses_reads_and_ignores_writes(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_a_closed_store_refuses_reads_and_ignores_writes(backend: Backend) -> None:
+    store = await backend.open()
     await store.close()
     await store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):

@@ -14,28 +14,28 @@ from anyio.streams.text import TextReceiveStream
 from registry import MemoryRegistry, Position
 from registry.store import SQLiteStore
 
-from .conftest import rows, stored_events
+from .conftest import Backend, rows
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def completes(path: Path, run_id: str) -> list[tuple[int, dict[str, object]]]:
-    return [(seq, data) for seq, kind, data in stored_events(path, run_id) if kind == "complete"]
+async def completes(backend: Backend, run_id: str) -> list[tuple[int, dict[str, object]]]:
+    return [(seq, data) for seq, kind, data in await backend.events(run_id) if kind == "complete"]
 
 
-async def test_a_run_left_running_is_ended_once_at_open(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_a_run_left_running_is_ended_once_at_open(backend: Backend) -> None:
+    store = await backend.open()
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
     registry = MemoryRegistry(store=store)
     run_id = (await registry.start(sid, owner="ann", content="q")).run_id
     registry.publish(sid, "text", {"text": "partial"})
     # The store closes but the run never completes: as if the server died here.
     await store.close()
-    assert rows(db_path, "SELECT status FROM runs") == [("running",)]
+    assert await backend.rows("SELECT status FROM runs") == [("running",)]
 
     for _ in range(2):  # a second open finds nothing left to recover
-        store = await SQLiteStore.open(db_path)
+        store = await backend.open()
         try:
             summary = await store.get_run(run_id)
             assert summary is not None
@@ -48,7 +48,7 @@ async def test_a_run_left_running_is_ended_once_at_open(db_path: Path) -> None:
             assert session.has_unread
         finally:
             await store.close()
-    assert completes(db_path, run_id) == [
+    assert await completes(backend, run_id) == [
         (
             3,
             {
@@ -60,20 +60,20 @@ async def test_a_run_left_running_is_ended_once_at_open(db_path: Path) -> None:
             },
         )
     ]
-    assert rows(db_path, "SELECT exit_code, outcome FROM runs") == [(1, "server_restart")]
+    assert await backend.rows("SELECT exit_code, outcome FROM runs") == [(1, "server_restart")]
 
 
-async def test_recovery_reports_how_many_runs_it_ended(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_recovery_reports_how_many_runs_it_ended(backend: Backend) -> None:
+    store = await backend.open()
     registry = MemoryRegistry(store=store)
     for _ in range(3):
         sid = (await store.create_session(owner="ann", provider="echo")).session_id
         await registry.start(sid, owner="ann", content="q")
     await store.close()
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     await store.close()
     assert store.stats.recovered_runs == 3
-    assert rows(db_path, "SELECT COUNT(*) FROM runs WHERE status = 'running'") == [(0,)]
+    assert await backend.rows("SELECT COUNT(*) FROM runs WHERE status = 'running'") == [(0,)]
 
 
 async def test_sigkill_mid_run_loses_nothing_that_was_flushed(db_path: Path) -> None:

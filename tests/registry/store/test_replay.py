@@ -3,13 +3,12 @@ MemoryRegistry subscriber served from the log then the buffer, with no gap and n
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from registry import Event, ManualClock, MemoryRegistry, Position, RunSummary, Subscription
-from registry.store import SQLiteStore
+from registry.store import Store
+
+from .conftest import Backend
 
 OWNER = "ann"
 
@@ -39,7 +38,7 @@ def assert_gapless(events: list[Event], runs: list[str], *, start: tuple[str, in
 
 
 async def session_with_runs(
-    store: SQLiteStore, registry: MemoryRegistry, counts: list[int]
+    store: Store, registry: MemoryRegistry, counts: list[int]
 ) -> tuple[str, list[str]]:
     """A session whose runs publish ``count`` text events each and complete."""
     sid = (await store.create_session(owner=OWNER, provider="echo")).session_id
@@ -57,7 +56,7 @@ async def session_with_runs(
 # read_history itself ----------------------------------------------------------------------
 
 
-async def test_read_history_bounds(store: SQLiteStore) -> None:
+async def test_read_history_bounds(store: Store) -> None:
     registry = MemoryRegistry(store=store)
     sid, (r1, r2, r3) = await session_with_runs(store, registry, [2, 3, 1])
     everything = await store.read_history(sid, None, None)
@@ -82,7 +81,7 @@ async def test_read_history_bounds(store: SQLiteStore) -> None:
     assert positions(unbounded) == [(r3, 2)]
 
 
-async def test_read_history_of_a_position_that_is_not_the_sessions(store: SQLiteStore) -> None:
+async def test_read_history_of_a_position_that_is_not_the_sessions(store: Store) -> None:
     registry = MemoryRegistry(store=store)
     sid, _ = await session_with_runs(store, registry, [1])
     _other, (other_run,) = await session_with_runs(store, registry, [1])
@@ -91,7 +90,7 @@ async def test_read_history_of_a_position_that_is_not_the_sessions(store: SQLite
     assert await store.read_history("no-such-session", None, None) == []
 
 
-async def test_runs_come_in_start_order_not_id_order(store: SQLiteStore) -> None:
+async def test_runs_come_in_start_order_not_id_order(store: Store) -> None:
     sid = (await store.create_session(owner=OWNER, provider="p")).session_id
     # Same millisecond, ids that sort the other way round.
     for run_id in ("01ZZZZ", "01AAAA"):
@@ -107,8 +106,43 @@ async def test_runs_come_in_start_order_not_id_order(store: SQLiteStore) -> None
     assert positions(after_first) == [("01AAAA", 1)]
 
 
-async def test_read_history_sees_what_was_just_published(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600)
+async def test_runs_come_in_the_start_order_they_were_given(backend: Backend, store: Store) -> None:
+    # Several processes on one database number starts in one shared place, and say so.
+    sid = (await store.create_session(owner=OWNER, provider="p")).session_id
+    for run_id, ord_ in (("R-LATE", 20), ("R-EARLY", 10)):
+        store.run_started(
+            RunSummary(run_id, sid, "p", "running", 5, None, 0, 0), client_msg_id=None, ord=ord_
+        )
+        store.append(Event(sid, run_id, 1, "user_message", 5, {"content": run_id}))
+    history = await store.read_history(sid, None, None)
+    assert history is not None
+    assert positions(history) == [("R-EARLY", 1), ("R-LATE", 1)]
+    # The store's own numbering carries on past the highest it was given.
+    store.run_started(RunSummary("R-NEXT", sid, "p", "running", 6, None, 0, 0), client_msg_id=None)
+    assert await store.max_ord() == 21
+    await store.flush()
+    assert await backend.rows("SELECT run_id, ord FROM runs ORDER BY ord") == [
+        ("R-EARLY", 10),
+        ("R-LATE", 20),
+        ("R-NEXT", 21),
+    ]
+
+
+async def test_max_ord_starts_from_what_is_stored(backend: Backend) -> None:
+    store = await backend.open()
+    assert await store.max_ord() == 0
+    registry = MemoryRegistry(store=store)
+    _sid, _runs = await session_with_runs(store, registry, [1, 1, 1])
+    await store.close()
+    store = await backend.open()
+    try:
+        assert await store.max_ord() == 3
+    finally:
+        await store.close()
+
+
+async def test_read_history_sees_what_was_just_published(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600)
     try:
         registry = MemoryRegistry(store=store)
         sid, (run_id,) = await session_with_runs(store, registry, [10])
@@ -124,7 +158,7 @@ async def test_read_history_sees_what_was_just_published(db_path: Path) -> None:
 
 
 async def test_a_position_older_than_the_buffer_is_served_from_the_log(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     registry = MemoryRegistry(store=store, buffer_size=4)
     sid, (r1, r2) = await session_with_runs(store, registry, [10, 2])
@@ -145,7 +179,7 @@ async def test_a_position_older_than_the_buffer_is_served_from_the_log(
 
 
 async def test_a_later_run_longer_than_the_buffer_is_also_served_from_the_log(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     registry = MemoryRegistry(store=store, buffer_size=4)
     sid, (r1, r2) = await session_with_runs(store, registry, [10, 10])
@@ -156,7 +190,7 @@ async def test_a_later_run_longer_than_the_buffer_is_also_served_from_the_log(
 
 
 async def test_an_evicted_run_is_served_from_the_log_then_the_next_run_live(
-    store: SQLiteStore, clock: ManualClock
+    store: Store, clock: ManualClock
 ) -> None:
     registry = MemoryRegistry(store=store, clock=clock, run_ttl=60, buffer_size=8)
     sid, (r1, r2) = await session_with_runs(store, registry, [20, 3])
@@ -175,17 +209,15 @@ async def test_an_evicted_run_is_served_from_the_log_then_the_next_run_live(
 
 
 async def test_eviction_waits_for_the_disk(
-    db_path: Path, clock: ManualClock, store_log: object
+    backend: Backend, clock: ManualClock, store_log: object
 ) -> None:
-    store = await SQLiteStore.open(db_path, clock=clock, busy_timeout=0)
+    store = await backend.open(clock=clock, outages=True)
     try:
         registry = MemoryRegistry(store=store, clock=clock, run_ttl=0)
         sid = (await store.create_session(owner=OWNER, provider="p")).session_id
         await store.flush()
         retried = store_log("retrying")  # type: ignore[operator]
-        blocker = sqlite3.connect(db_path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
+        async with backend.outage():
             run_id = (await registry.start(sid, owner=OWNER, content="q")).run_id
             registry.complete_run(sid, exit_code=0)
             await retried.seen.wait()
@@ -193,9 +225,6 @@ async def test_eviction_waits_for_the_disk(
             # Completed and past its TTL, but not on disk: the buffer must keep it.
             assert registry.sweep() == 0
             assert registry.get_run(run_id) is not None
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         await store.flush()
         assert registry.sweep() == 1
         history = await store.read_history(sid, None, None)
@@ -205,14 +234,14 @@ async def test_eviction_waits_for_the_disk(
         await store.close()
 
 
-async def test_a_subscriber_from_an_earlier_process(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_a_subscriber_from_an_earlier_process(backend: Backend) -> None:
+    store = await backend.open()
     registry = MemoryRegistry(store=store, buffer_size=4)
     sid, (r1, r2) = await session_with_runs(store, registry, [6, 6])
     registry.complete_run(sid, exit_code=0)
     await store.close()
 
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     try:
         registry = MemoryRegistry(store=store, buffer_size=4)
         # The run the client last saw, and where.
@@ -239,13 +268,15 @@ async def test_a_subscriber_from_an_earlier_process(db_path: Path) -> None:
         await store.close()
 
 
-async def test_a_subscriber_of_a_session_only_the_log_knows_gets_it_all(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_a_subscriber_of_a_session_only_the_log_knows_gets_it_all(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
     registry = MemoryRegistry(store=store)
     sid, (_r1,) = await session_with_runs(store, registry, [3])
     registry.complete_run(sid, exit_code=0)
     await store.close()
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     try:
         registry = MemoryRegistry(store=store)
         sub = await registry.subscribe(sid, owner=OWNER)

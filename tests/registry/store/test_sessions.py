@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from registry import ManualClock, MemoryRegistry, Position, Turn
 from registry.errors import UnknownRun
-from registry.store import SessionRecord, SQLiteStore, StoreError
+from registry.store import SessionRecord, Store, StoreError
 
-from .conftest import rows
+from .conftest import Backend
 
 # Sessions ---------------------------------------------------------------------------------
 
 
-async def test_create_and_get_checks_the_owner(store: SQLiteStore, clock: ManualClock) -> None:
+async def test_create_and_get_checks_the_owner(store: Store, clock: ManualClock) -> None:
     record = await store.create_session(owner="ann", provider="echo", title="Plans")
     now = int(clock.now() * 1000)
     assert record == SessionRecord(
@@ -32,7 +29,7 @@ async def test_create_and_get_checks_the_owner(store: SQLiteStore, clock: Manual
     assert await store.get_session(record.session_id, owner="ann") == record
 
 
-async def test_create_with_a_chosen_id_and_refuse_a_taken_one(store: SQLiteStore) -> None:
+async def test_create_with_a_chosen_id_and_refuse_a_taken_one(store: Store) -> None:
     record = await store.create_session(owner="ann", provider="echo", session_id="s_mine")
     assert record.session_id == "s_mine"
     assert record.title is None
@@ -50,7 +47,7 @@ async def test_create_with_a_chosen_id_and_refuse_a_taken_one(store: SQLiteStore
     ],
 )
 async def test_create_refuses_bad_fields(
-    store: SQLiteStore, kwargs: dict[str, object], field: str
+    store: Store, kwargs: dict[str, object], field: str
 ) -> None:
     with pytest.raises(ValueError, match=field):
         await store.create_session(provider="echo", **kwargs)  # type: ignore[arg-type]
@@ -58,7 +55,7 @@ async def test_create_refuses_bad_fields(
 
 
 async def test_list_by_latest_activity_with_unread_and_running_run(
-    store: SQLiteStore, clock: ManualClock
+    store: Store, clock: ManualClock
 ) -> None:
     registry = MemoryRegistry(store=store, clock=clock)
     first = await store.create_session(owner="ann", provider="echo")
@@ -86,7 +83,7 @@ async def test_list_by_latest_activity_with_unread_and_running_run(
 
 
 async def test_handoff_notes_are_stored_replaced_and_owner_checked(
-    store: SQLiteStore, clock: ManualClock
+    store: Store, clock: ManualClock
 ) -> None:
     record = await store.create_session(owner="ann", provider="echo")
     assert record.handoff is None
@@ -106,7 +103,7 @@ async def test_handoff_notes_are_stored_replaced_and_owner_checked(
     assert [s.handoff for s in listed] == [newer]
 
 
-async def test_update_title_and_status(store: SQLiteStore, clock: ManualClock) -> None:
+async def test_update_title_and_status(store: Store, clock: ManualClock) -> None:
     record = await store.create_session(owner="ann", provider="echo")
     clock.advance(5)
     updated = await store.update_session(record.session_id, owner="ann", title="New")
@@ -123,7 +120,7 @@ async def test_update_title_and_status(store: SQLiteStore, clock: ManualClock) -
 
 
 @pytest.mark.parametrize("status", ["deleted", "ACTIVE", ""])
-async def test_a_bad_status_is_a_clear_error(store: SQLiteStore, status: str) -> None:
+async def test_a_bad_status_is_a_clear_error(store: Store, status: str) -> None:
     record = await store.create_session(owner="ann", provider="echo")
     with pytest.raises(ValueError, match="status must be one of active, locked, archived"):
         await store.update_session(record.session_id, owner="ann", status=status)
@@ -132,7 +129,7 @@ async def test_a_bad_status_is_a_clear_error(store: SQLiteStore, status: str) ->
     assert fetched.status == "active"
 
 
-async def test_delete_takes_runs_and_events_with_it(store: SQLiteStore) -> None:
+async def test_delete_takes_runs_and_events_with_it(backend: Backend, store: Store) -> None:
     registry = MemoryRegistry(store=store)
     keep = await store.create_session(owner="ann", provider="echo")
     gone = await store.create_session(owner="ann", provider="echo")
@@ -140,17 +137,16 @@ async def test_delete_takes_runs_and_events_with_it(store: SQLiteStore) -> None:
         await registry.start(record.session_id, owner="ann", content="q")
         registry.publish(record.session_id, "text", {"text": "a"})
         registry.complete_run(record.session_id, exit_code=0)
-    path = Path(store.path)
     assert await store.delete_session(gone.session_id, owner="ann") is True
     assert await store.get_session(gone.session_id, owner="ann") is None
     assert await store.delete_session(gone.session_id, owner="ann") is False
-    assert rows(path, "SELECT COUNT(*) FROM runs WHERE session_id = ?", (gone.session_id,)) == [
-        (0,)
-    ]
-    assert rows(path, "SELECT DISTINCT r.session_id FROM events e JOIN runs r USING (run_id)") == [
-        (keep.session_id,)
-    ]
-    assert rows(path, "SELECT COUNT(*) FROM events") == [(3,)]
+    assert await backend.rows(
+        "SELECT COUNT(*) FROM runs WHERE session_id = ?", (gone.session_id,)
+    ) == [(0,)]
+    assert await backend.rows(
+        "SELECT DISTINCT r.session_id FROM events e JOIN runs r USING (run_id)"
+    ) == [(keep.session_id,)]
+    assert await backend.rows("SELECT COUNT(*) FROM events") == [(3,)]
     assert await store.read_history(gone.session_id, None, None) == []
 
 
@@ -158,22 +154,22 @@ async def test_delete_takes_runs_and_events_with_it(store: SQLiteStore) -> None:
 
 
 async def test_unread_keeps_the_earliest_and_mark_read_clears_it(
-    store: SQLiteStore, clock: ManualClock
+    backend: Backend, store: Store, clock: ManualClock
 ) -> None:
     registry = MemoryRegistry(store=store, clock=clock)
     record = await store.create_session(owner="ann", provider="echo")
     sid = record.session_id
-    path = Path(store.path)
 
-    def unread_since() -> object:
-        return rows(path, "SELECT unread_since FROM sessions WHERE session_id = ?", (sid,))[0][0]
+    async def unread_since() -> object:
+        found = await backend.rows("SELECT unread_since FROM sessions WHERE session_id = ?", (sid,))
+        return found[0][0]
 
     # Completed while someone is subscribed: not unread.
     sub = await registry.subscribe(sid, owner="ann")
     await registry.start(sid, owner="ann", content="1")
     registry.complete_run(sid, exit_code=0)
     await store.flush()
-    assert unread_since() is None
+    assert await unread_since() is None
     sub.close()
     clock.advance(1)
     first = int(clock.now() * 1000)
@@ -185,26 +181,26 @@ async def test_unread_keeps_the_earliest_and_mark_read_clears_it(
     fetched = await store.get_session(sid, owner="ann")
     assert fetched is not None
     assert fetched.has_unread
-    assert unread_since() == first
+    assert await unread_since() == first
     assert await store.mark_read(sid, owner="ann") is True
     fetched = await store.get_session(sid, owner="ann")
     assert fetched is not None
     assert not fetched.has_unread
-    assert unread_since() is None
+    assert await unread_since() is None
 
 
 # Idempotent sends -------------------------------------------------------------------------
 
 
-async def test_a_client_msg_id_is_found_across_a_restart(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path)
+async def test_a_client_msg_id_is_found_across_a_restart(backend: Backend) -> None:
+    store = await backend.open()
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
     original = await registry.start(sid, owner="ann", content="q", client_msg_id="m-1")
     registry.complete_run(sid, exit_code=0)
     await store.close()
 
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     try:
         assert await store.find_client_msg(sid, "m-1") == original.run_id
         assert await store.find_client_msg(sid, "m-2") is None
@@ -224,7 +220,9 @@ async def test_a_client_msg_id_is_found_across_a_restart(db_path: Path) -> None:
 # Provider session ids ---------------------------------------------------------------------
 
 
-async def test_the_provider_id_is_recorded_and_handed_to_the_next_run(store: SQLiteStore) -> None:
+async def test_the_provider_id_is_recorded_and_handed_to_the_next_run(
+    backend: Backend, store: Store
+) -> None:
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="cli")).session_id
     assert await store.resume_id(sid) is None
@@ -232,8 +230,7 @@ async def test_the_provider_id_is_recorded_and_handed_to_the_next_run(store: SQL
     registry.publish(sid, "session_created", {"provider_session_id": "prov-A"})
     registry.complete_run(sid, exit_code=0)
     assert await store.resume_id(sid) == "prov-A"
-    path = Path(store.path)
-    assert rows(path, "SELECT provider_session_id FROM runs WHERE run_id = ?", (run1,)) == [
+    assert await backend.rows("SELECT provider_session_id FROM runs WHERE run_id = ?", (run1,)) == [
         ("prov-A",)
     ]
     # A null or empty id never wipes the stored one.
@@ -254,7 +251,9 @@ async def test_the_provider_id_is_recorded_and_handed_to_the_next_run(store: SQL
     assert all("prov-" not in str(e.data) for e in history)
 
 
-async def test_resume_falls_back_to_the_latest_run_that_recorded_one(store: SQLiteStore) -> None:
+async def test_resume_falls_back_to_the_latest_run_that_recorded_one(
+    backend: Backend, store: Store
+) -> None:
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="cli")).session_id
     for pid in ("prov-1", "prov-2", None):
@@ -263,17 +262,14 @@ async def test_resume_falls_back_to_the_latest_run_that_recorded_one(store: SQLi
             registry.publish(sid, "session_created", {"provider_session_id": pid})
         registry.complete_run(sid, exit_code=1, error="failed")  # failed runs count too
     await store.flush()
-    conn = sqlite3.connect(store.path)
-    conn.execute("UPDATE sessions SET provider_session_id = NULL")
-    conn.commit()
-    conn.close()
+    await backend.execute("UPDATE sessions SET provider_session_id = NULL")
     assert await store.resume_id(sid) == "prov-2"
 
 
 # History pages, runs, turns ---------------------------------------------------------------
 
 
-async def test_history_pages_walk_every_run_in_order(store: SQLiteStore) -> None:
+async def test_history_pages_walk_every_run_in_order(store: Store) -> None:
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
     runs = []
@@ -303,7 +299,7 @@ async def test_history_pages_walk_every_run_in_order(store: SQLiteStore) -> None
         await store.history_page(sid, after=None, limit=0)
 
 
-async def test_history_pages_of_some_kinds_follow_on(store: SQLiteStore) -> None:
+async def test_history_pages_of_some_kinds_follow_on(store: Store) -> None:
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
     runs = []
@@ -332,7 +328,7 @@ async def test_history_pages_of_some_kinds_follow_on(store: SQLiteStore) -> None
     )
 
 
-async def test_get_run_and_latest_run(store: SQLiteStore, clock: ManualClock) -> None:
+async def test_get_run_and_latest_run(store: Store, clock: ManualClock) -> None:
     registry = MemoryRegistry(store=store, clock=clock)
     sid = (await store.create_session(owner="ann", provider="echo")).session_id
     assert await store.latest_run(sid) is None
@@ -358,7 +354,7 @@ async def test_get_run_and_latest_run(store: SQLiteStore, clock: ManualClock) ->
     assert await store.get_run("missing") is None
 
 
-async def test_turns_give_earlier_exchanges_oldest_first(store: SQLiteStore) -> None:
+async def test_turns_give_earlier_exchanges_oldest_first(store: Store) -> None:
     registry = MemoryRegistry(store=store)
     sid = (await store.create_session(owner="ann", provider="api")).session_id
     await registry.start(sid, owner="ann", content="hi")
@@ -385,7 +381,7 @@ async def test_turns_give_earlier_exchanges_oldest_first(store: SQLiteStore) -> 
     assert await store.turns("no-such-session") == []
 
 
-async def test_a_run_of_a_session_the_store_never_saw_is_kept(store: SQLiteStore) -> None:
+async def test_a_run_of_a_session_the_store_never_saw_is_kept(store: Store) -> None:
     # The gateway creates sessions first; a run without one still keeps its events,
     # under a session no owner can read.
     registry = MemoryRegistry(store=store)
@@ -398,18 +394,15 @@ async def test_a_run_of_a_session_the_store_never_saw_is_kept(store: SQLiteStore
     assert store.stats.dropped == 0
 
 
-async def test_a_session_change_on_a_locked_file_is_a_clear_error(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, busy_timeout=0)
+async def test_a_session_change_that_cannot_be_written_is_a_clear_error(
+    backend: Backend,
+) -> None:
+    store = await backend.open(outages=True)
     try:
-        blocker = sqlite3.connect(db_path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
-            with pytest.raises(StoreError, match="locked") as info:
+        async with backend.outage():
+            with pytest.raises(StoreError, match=backend.outage_words) as info:
                 await store.create_session(owner="ann", provider="echo")
-            assert str(db_path) in str(info.value)
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            assert backend.label in str(info.value)
         record = await store.create_session(owner="ann", provider="echo")
         assert await store.list_sessions(owner="ann") == [record]
     finally:

@@ -1,4 +1,5 @@
-"""The group-commit writer, against a real file: queueing, batching, durability, errors."""
+"""The group-commit writer, against a real database of each engine: queueing, batching,
+durability, errors."""
 
 from __future__ import annotations
 
@@ -9,28 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from registry import Event, MemoryRegistry, RunSummary
-from registry.store import SQLiteStore
+from registry.store import SQLiteStore, Store
 
-from .conftest import rows, stored_events, until
+from .conftest import Backend, started, stored_events, until
 
 ALL = 1 << 62
+# What each engine raises for a change its constraints forbid.
+CONSTRAINT = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
-async def started(
-    store: SQLiteStore, *, owner: str = "ann", **kwargs: Any
-) -> tuple[MemoryRegistry, str, str]:
-    """A registry on ``store`` with one session and a running run (driven by publish)."""
-    record = await store.create_session(owner=owner, provider="echo")
-    registry = MemoryRegistry(store=store, **kwargs)
-    result = await registry.start(record.session_id, owner=owner, content="hello")
-    return registry, record.session_id, result.run_id
-
-
-async def test_append_only_queues_and_flush_commits(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600)
+async def test_append_only_queues_and_flush_commits(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600)
     try:
         registry, sid, run_id = await started(store)
         for i in range(50):
@@ -41,7 +35,7 @@ async def test_append_only_queues_and_flush_commits(db_path: Path) -> None:
         await store.flush()
         assert store.stats.backlog == 0
         assert store.durable_seq(run_id) == 51
-        events = stored_events(db_path, run_id)
+        events = await backend.events(run_id)
         assert [seq for seq, _, _ in events] == list(range(1, 52))
         assert events[0] == (1, "user_message", {"content": "hello"})
         assert events[-1] == (51, "text_delta", {"text": "chunk 49"})
@@ -50,8 +44,8 @@ async def test_append_only_queues_and_flush_commits(db_path: Path) -> None:
         await store.close()
 
 
-async def test_a_full_batch_is_written_without_waiting_for_the_delay(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600, batch_size=10)
+async def test_a_full_batch_is_written_without_waiting_for_the_delay(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600, batch_size=10)
     try:
         registry, sid, run_id = await started(store)  # run start + user_message: 2 ops
         for i in range(8):
@@ -60,13 +54,13 @@ async def test_a_full_batch_is_written_without_waiting_for_the_delay(db_path: Pa
         await until(lambda: store.stats.backlog == 0)
         assert store.durable_seq(run_id) == 9
         assert store.stats.flushes == 1
-        assert len(stored_events(db_path, run_id)) == 9
+        assert len(await backend.events(run_id)) == 9
     finally:
         await store.close()
 
 
-async def test_a_writer_behind_takes_up_to_eight_batches_per_commit(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600, batch_size=2)
+async def test_a_writer_behind_takes_up_to_eight_batches_per_commit(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600, batch_size=2)
     try:
         registry, sid, run_id = await started(store)
         for i in range(38):
@@ -75,34 +69,34 @@ async def test_a_writer_behind_takes_up_to_eight_batches_per_commit(db_path: Pat
         await until(lambda: store.stats.flushes == 3)
         assert store.stats.backlog == 0
         assert store.durable_seq(run_id) == 39
-        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 40))
+        assert [seq for seq, _, _ in await backend.events(run_id)] == list(range(1, 40))
     finally:
         await store.close()
 
 
-async def test_a_partial_batch_is_written_after_the_short_delay(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=0.02)
+async def test_a_partial_batch_is_written_after_the_short_delay(backend: Backend) -> None:
+    store = await backend.open(flush_delay=0.02)
     try:
         registry, sid, run_id = await started(store)
         registry.publish(sid, "text_delta", {"text": "a"})
         await until(lambda: store.durable_seq(run_id) == 2)
-        assert len(stored_events(db_path, run_id)) == 2
+        assert len(await backend.events(run_id)) == 2
     finally:
         await store.close()
 
 
-async def test_complete_is_written_at_once(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600)
+async def test_complete_is_written_at_once(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600)
     try:
         registry, sid, run_id = await started(store)
         registry.publish(sid, "text", {"text": "done"})
         assert registry.complete_run(sid, exit_code=0)
         # The delay is an hour: only the complete's urgency can write this.
         await until(lambda: store.stats.backlog == 0)
-        assert rows(db_path, "SELECT status, outcome, exit_code, last_seq FROM runs") == [
+        assert await backend.rows("SELECT status, outcome, exit_code, last_seq FROM runs") == [
             ("completed", "done", 0, 3)
         ]
-        assert [kind for _, kind, _ in stored_events(db_path, run_id)] == [
+        assert [kind for _, kind, _ in await backend.events(run_id)] == [
             "user_message",
             "text",
             "complete",
@@ -113,14 +107,14 @@ async def test_complete_is_written_at_once(db_path: Path) -> None:
         await store.close()
 
 
-async def test_close_writes_everything_queued(db_path: Path) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600)
+async def test_close_writes_everything_queued(backend: Backend) -> None:
+    store = await backend.open(flush_delay=3600)
     registry, sid, run_id = await started(store)
     for i in range(500):
         registry.publish(sid, "text_delta", {"text": str(i)})
     assert store.stats.backlog == 501
     await store.close()
-    assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 502))
+    assert [seq for seq, _, _ in await backend.events(run_id)] == list(range(1, 502))
 
 
 async def test_the_wal_is_checkpointed_beside_the_writer_and_folded_in_at_close(
@@ -143,11 +137,11 @@ async def test_the_wal_is_checkpointed_beside_the_writer_and_folded_in_at_close(
     assert len(stored_events(db_path, run_id)) == 3001
 
 
-async def test_runs_and_events_in_order_with_one_write_per_batch(db_path: Path) -> None:
+async def test_runs_and_events_in_order_with_one_write_per_batch(backend: Backend) -> None:
     # batch_size=1: 18 operations in commits of at most 8, split mid-run, and each commit
     # holds starts, events and ends of several runs: a run row written after its events, or
     # an end before them, would fail the foreign key or the checks below.
-    store = await SQLiteStore.open(db_path, batch_size=1, flush_delay=0)
+    store = await backend.open(batch_size=1, flush_delay=0)
     try:
         sids = [(await store.create_session(owner="ann", provider="p")).session_id for _ in "ab"]
         registry = MemoryRegistry(store=store)
@@ -161,8 +155,8 @@ async def test_runs_and_events_in_order_with_one_write_per_batch(db_path: Path) 
         assert store.stats.dropped == 0
         assert store.stats.flushes == 3
         for run_id in runs:
-            assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 8))
-        assert rows(db_path, "SELECT status, last_seq FROM runs ORDER BY ord") == [
+            assert [seq for seq, _, _ in await backend.events(run_id)] == list(range(1, 8))
+        assert await backend.rows("SELECT status, last_seq FROM runs ORDER BY ord") == [
             ("completed", 7),
             ("completed", 7),
         ]
@@ -170,15 +164,15 @@ async def test_runs_and_events_in_order_with_one_write_per_batch(db_path: Path) 
         await store.close()
 
 
-async def test_a_locked_file_is_retried_and_nothing_is_lost(db_path: Path, store_log: Any) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=0, busy_timeout=0)
+async def test_a_database_that_cannot_be_written_is_retried_and_nothing_is_lost(
+    backend: Backend, store_log: Any
+) -> None:
+    store = await backend.open(flush_delay=0, outages=True)
     try:
         registry, sid, run_id = await started(store)
         await store.flush()
         retried = store_log("retrying")
-        blocker = sqlite3.connect(db_path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
+        async with backend.outage():
             for i in range(20):
                 registry.publish(sid, "text_delta", {"text": str(i)})
             # Never raised into the run, even while the file is locked.
@@ -188,12 +182,9 @@ async def test_a_locked_file_is_retried_and_nothing_is_lost(db_path: Path, store
             assert store.stats.write_errors >= 1
             assert store.durable_seq(run_id) == 1
             assert store.stats.backlog == 20
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         await store.flush()
         assert store.durable_seq(run_id) == 21
-        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == list(range(1, 22))
+        assert [seq for seq, _, _ in await backend.events(run_id)] == list(range(1, 22))
         assert await store.resume_id(sid) == "prov-1"
         assert store.stats.dropped == 0
     finally:
@@ -201,9 +192,9 @@ async def test_a_locked_file_is_retried_and_nothing_is_lost(db_path: Path, store
 
 
 async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await SQLiteStore.open(db_path, flush_delay=3600)
+    store = await backend.open(flush_delay=3600)
     try:
         registry, sid, run_id = await started(store)
         registry.publish(sid, "text", {"text": "before"})
@@ -214,7 +205,7 @@ async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
             await store.flush()
         assert "RUN-NOBODY-STARTED:1" in caplog.text
         assert "lost" in caplog.text
-        assert [seq for seq, _, _ in stored_events(db_path, run_id)] == [1, 2, 3]
+        assert [seq for seq, _, _ in await backend.events(run_id)] == [1, 2, 3]
         assert store.stats.dropped == 1
         # Not on disk, so never reported durable: a registry keeps it in memory.
         assert store.durable_seq("RUN-NOBODY-STARTED") == 0
@@ -228,9 +219,9 @@ async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
 
 
 async def test_data_that_is_not_json_keeps_its_seq(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     try:
         registry, sid, run_id = await started(store)
         bad = registry.publish(sid, "tool_result", {"content": object()})  # not JSON
@@ -238,7 +229,7 @@ async def test_data_that_is_not_json_keeps_its_seq(
         with caplog.at_level(logging.ERROR, logger="runwire.store"):
             await store.flush()
         assert "not JSON" in caplog.text
-        events = stored_events(db_path, run_id)
+        events = await backend.events(run_id)
         assert [seq for seq, _, _ in events] == [1, 2, 3]
         assert "unencodable" in events[1][2]
         # Subscribers get the same stand-in as the log.
@@ -249,24 +240,22 @@ async def test_data_that_is_not_json_keeps_its_seq(
         await store.close()
 
 
-async def test_events_cannot_be_changed_or_deleted_one_by_one(store: SQLiteStore) -> None:
+async def test_events_cannot_be_changed_or_deleted_one_by_one(
+    backend: Backend, store: Store
+) -> None:
     _registry, _sid, run_id = await started(store)
     await store.flush()
-    conn = sqlite3.connect(store.path)
-    try:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            conn.execute("UPDATE events SET kind = 'x'")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            conn.execute("DELETE FROM events WHERE seq = 1")
-    finally:
-        conn.close()
-    assert len(stored_events(Path(store.path), run_id)) == 1
+    with pytest.raises(CONSTRAINT, match="append-only"):
+        await backend.execute("UPDATE events SET kind = 'x'")
+    with pytest.raises(CONSTRAINT, match="append-only"):
+        await backend.execute("DELETE FROM events WHERE seq = 1")
+    assert len(await backend.events(run_id)) == 1
 
 
 async def test_writes_after_close_are_dropped_not_raised(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await SQLiteStore.open(db_path)
+    store = await backend.open()
     await store.close()
     summary = RunSummary("R1", "s", "p", "running", 1, None, 0, 0)
     with caplog.at_level(logging.ERROR, logger="runwire.store"):
