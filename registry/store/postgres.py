@@ -154,7 +154,8 @@ class PostgresStore(LogStore):
 
     async def max_ord(self) -> int:
         """The highest start order of any run in the database, whichever process started
-        it (this process's queued starts written first)."""
+        it (this process's queued starts written first). Raises :class:`StoreError` while
+        the database cannot be reached."""
         await self._settle()
         rows = await self._fetch("SELECT COALESCE(MAX(ord), 0) FROM runs", {})
         return int(rows[0][0])
