@@ -1,9 +1,10 @@
 """A capped replay buffer indexed by seq.
 
-Seqs within a run are consecutive from 1, so the event with seq ``s`` always lives in slot
-``(s - 1) % capacity`` of a list: appending at the cap overwrites one slot (O(1), no copy)
-and reading from a position is a slice (O(k) for k events, no scan). The list grows to the
-cap instead of being preallocated, so short runs stay small.
+Seqs within a run are consecutive, so the event with seq ``s`` always lives in slot
+``(s - start) % capacity`` of a list, where ``start`` is the first seq the buffer was given
+(1, unless it follows a run whose beginning is gone): appending at the cap overwrites one
+slot (O(1), no copy) and reading from a position is a slice (O(k) for k events, no scan).
+The list grows to the cap instead of being preallocated, so short runs stay small.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from .events import Event
 class ReplayBuffer:
     """The last ``capacity`` events of one run, seqs ``first_seq .. last_seq``."""
 
-    __slots__ = ("_slots", "capacity", "last_seq")
+    __slots__ = ("_base", "_slots", "capacity", "last_seq")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, start: int = 1) -> None:
         if capacity < 1:
             raise ValueError("buffer capacity must be at least 1")
+        if start < 1:
+            raise ValueError("a buffer starts at seq 1 or later")
         self.capacity = capacity
         self._slots: list[Event] = []
-        self.last_seq = 0
+        self.last_seq = start - 1
+        # The seq of slot 0 is ``_base + 1``.
+        self._base = start - 1
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -37,7 +42,7 @@ class ReplayBuffer:
         if len(slots) < self.capacity:
             slots.append(event)
         else:
-            slots[self.last_seq % self.capacity] = event
+            slots[(self.last_seq - self._base) % self.capacity] = event
         self.last_seq += 1
 
     def read(self, start: int, stop: int | None = None) -> list[Event]:
@@ -54,8 +59,9 @@ class ReplayBuffer:
             raise IndexError(f"seq {start} is no longer buffered (oldest is {self.first_seq})")
         slots = self._slots
         cap = self.capacity
-        lo = (start - 1) % cap
-        hi = (stop - 1) % cap
+        base = self._base + 1
+        lo = (start - base) % cap
+        hi = (stop - base) % cap
         if lo < hi:
             return slots[lo:hi]
         # The range wraps around the end of the list (or covers all of it).

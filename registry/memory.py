@@ -250,21 +250,7 @@ class MemoryRegistry:
 
     def _launch(self, state: SessionState, pending: PendingStart) -> Run:
         now = self._now_ms()
-        run = Run(
-            state, pending.run_id, pending.provider, now, self.buffer_size, pending.client_msg_id
-        )
-        if self._gated:
-            run.durable = 0
-        state.started += 1
-        # Not ``state.latest``: that may have been evicted while a subscription waits on it.
-        previous = state.last_run
-        if previous is not None:
-            previous.next = run
-        state.last_run = run
-        state.runs.append(run)
-        self._runs[run.run_id] = run
-        self._running[state.session_id] = run
-        self.stats.runs_started += 1
+        run = self._new_run(state, pending.run_id, pending.provider, now, pending.client_msg_id)
         self._store.run_started(run.summary(), client_msg_id=pending.client_msg_id)
         data: dict[str, Any] = {"content": pending.content}
         if pending.client_msg_id:
@@ -277,6 +263,31 @@ class MemoryRegistry:
                 state.session_id, run.run_id, state.owner, pending.content, pending.client_msg_id
             )
             self._task_group.start_soon(self._drive, run, pending.source, context)
+        return run
+
+    def _new_run(
+        self,
+        state: SessionState,
+        run_id: str,
+        provider: str,
+        started_at: int,
+        client_msg_id: str | None,
+        first_seq: int = 1,
+    ) -> Run:
+        """A running run, the session's newest, with nothing buffered yet."""
+        run = Run(state, run_id, provider, started_at, self.buffer_size, client_msg_id, first_seq)
+        if self._gated:
+            run.durable = 0
+        state.started += 1
+        # Not ``state.latest``: that may have been evicted while a subscription waits on it.
+        previous = state.last_run
+        if previous is not None:
+            previous.next = run
+        state.last_run = run
+        state.runs.append(run)
+        self._runs[run.run_id] = run
+        self._running[state.session_id] = run
+        self.stats.runs_started += 1
         return run
 
     async def _drive(self, run: Run, source: Source, context: RunContext) -> None:
@@ -346,9 +357,13 @@ class MemoryRegistry:
             data = _scrub(data, run.session.session_id)
         return self._append(run, kind, data, self._now_ms() if ts is None else ts)
 
-    def _append(self, run: Run, kind: str, data: dict[str, Any], ts: int) -> Event:
+    def _append(
+        self, run: Run, kind: str, data: dict[str, Any], ts: int, data_json: str | None = None
+    ) -> Event:
         state = run.session
-        event = Event(state.session_id, run.run_id, run.buffer.last_seq + 1, kind, ts, data)
+        event = Event(
+            state.session_id, run.run_id, run.buffer.last_seq + 1, kind, ts, data, None, data_json
+        )
         run.buffer.append(event)
         self._store.append(event)
         self.stats.published += 1
@@ -466,15 +481,25 @@ class MemoryRegistry:
         )
         return self._complete(run, data, cancel=True) is not None
 
-    def _complete(self, run: Run, data: dict[str, Any], *, cancel: bool) -> Event | None:
+    def _complete(
+        self,
+        run: Run,
+        data: dict[str, Any],
+        *,
+        cancel: bool,
+        ts: int | None = None,
+        data_json: str | None = None,
+        checked: bool = False,
+    ) -> Event | None:
         if run.status != "running":
             run.dropped += 1
             self.stats.dropped += 1
             return None
         state = run.session
-        data = _complete_fields(data, state.session_id)
-        now = self._now_ms()
-        event = self._append(run, COMPLETE, data, now)
+        if not checked:
+            data = _complete_fields(data, state.session_id)
+        now = self._now_ms() if ts is None else ts
+        event = self._append(run, COMPLETE, data, now, data_json)
         run.status = "completed"
         run.outcome = data["reason"]
         run.completed_at = now
@@ -512,6 +537,84 @@ class MemoryRegistry:
                 listener(notice)
             except Exception:
                 log.exception("run listener failed")
+
+    # Following runs numbered elsewhere ------------------------------------------------
+
+    def adopt(
+        self,
+        session_id: str,
+        *,
+        owner: str,
+        run_id: str,
+        provider: str,
+        started_at: int,
+        client_msg_id: str | None = None,
+        first_seq: int = 1,
+        ord: int | None = None,
+    ) -> None:
+        """Follow a run that another engine starts and numbers (several processes share
+        run state in Redis; this registry then mirrors it for local subscribers).
+
+        The run becomes the session's newest, running, with nothing buffered before
+        ``first_seq`` (a longer run's start may be gone from the engine); its events come
+        through :meth:`ingest`. The store hears of it as of a run started here (``ord``:
+        its start order, allocated by the engine).
+        """
+        state = self._state(session_id, owner)
+        if session_id in self._running:
+            raise RuntimeError(f"session {session_id} already has a running run")
+        if run_id in self._runs:
+            raise RuntimeError(f"run {run_id} is already followed")
+        run = self._new_run(state, run_id, provider, started_at, client_msg_id, first_seq)
+        self._store.run_started(run.summary(), client_msg_id=client_msg_id, ord=ord)
+        self._notify("run_started", run)
+
+    def ingest(
+        self,
+        run_id: str,
+        seq: int,
+        kind: str,
+        ts: int,
+        data: dict[str, Any],
+        data_json: str | None = None,
+    ) -> bool:
+        """Add an event of a followed run, numbered ``seq`` elsewhere (``data_json``: its
+        data as the engine holds it, reused for the wire and the log).
+
+        Idempotent: an event already held, or of a run not followed, changes nothing.
+        Returns ``False`` only for a gap (``seq`` is past the next one): the caller must
+        fetch what is missing first. A ``complete`` ends the run as here.
+        """
+        run = self._runs.get(run_id)
+        if run is None or seq <= run.buffer.last_seq or run.status != "running":
+            return True
+        if seq != run.buffer.last_seq + 1:
+            return False
+        if kind == COMPLETE:
+            # Made complete and valid where it was numbered.
+            self._complete(run, data, cancel=True, ts=ts, data_json=data_json, checked=True)
+        else:
+            self._append(run, kind, data, ts, data_json)
+        return True
+
+    def following(self, run_id: str) -> int | None:
+        """The last seq held of a followed (or local) run, or ``None`` when it is not here."""
+        run = self._runs.get(run_id)
+        return run.buffer.last_seq if run is not None else None
+
+    def session_runs(self, session_id: str) -> list[str]:
+        """The session's runs held in memory, oldest first."""
+        state = self._sessions.get(session_id)
+        return [run.run_id for run in state.runs] if state is not None else []
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether the session has state here (runs, subscriptions or queued starts)."""
+        return session_id in self._sessions
+
+    def session_subscribers(self) -> dict[str, int]:
+        """Live subscriptions per session that has any."""
+        sessions = self._sessions.items()
+        return {sid: len(state.subscriptions) for sid, state in sessions if state.subscriptions}
 
     # Subscribing -----------------------------------------------------------------------
 

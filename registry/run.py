@@ -50,13 +50,14 @@ class Run:
         started_at: int,
         buffer_size: int,
         client_msg_id: str | None,
+        first_seq: int = 1,
     ) -> None:
         self.session = session
         self.run_id = run_id
         self.provider = provider
         self.started_at = started_at
         self.client_msg_id = client_msg_id
-        self.buffer = ReplayBuffer(buffer_size)
+        self.buffer = ReplayBuffer(buffer_size, first_seq)
         self.status: RunStatus = "running"
         self.completed_at: int | None = None
         self.outcome: Outcome | None = None

@@ -96,3 +96,29 @@ def test_interleaved_appends_and_reads(capacity: int, steps: list[int]) -> None:
         if first > 1:
             with pytest.raises(IndexError):
                 buffer.read(first - 1)
+
+
+@settings(deadline=None)
+@given(
+    capacity=st.integers(min_value=1, max_value=8),
+    start=st.integers(min_value=1, max_value=50),
+    count=st.integers(min_value=0, max_value=30),
+)
+def test_a_buffer_may_start_past_seq_1(capacity: int, start: int, count: int) -> None:
+    """A followed run whose beginning is gone: seqs start..start+count-1, the last N kept."""
+    buffer = ReplayBuffer(capacity, start)
+    assert buffer.first_seq == start
+    assert buffer.read(start) == []
+    reference = [ev(start + i) for i in range(count)]
+    for event in reference:
+        buffer.append(event)
+    last = start + count - 1
+    first = max(start, last - capacity + 1)
+    assert (buffer.first_seq, buffer.last_seq) == (first, last)
+    for begin in range(first, last + 2):
+        for stop in (None, begin + 1, last + 1):
+            end = last + 1 if stop is None else min(stop, last + 1)
+            assert buffer.read(begin, stop) == reference[begin - start : max(begin, end) - start]
+    if first > 1:
+        with pytest.raises(IndexError):
+            buffer.read(first - 1)
