@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple
 
 import anyio
 import anyio.abc
@@ -32,6 +31,7 @@ from .events import (
 )
 from .hooks import NullPersistence, Persistence, has_history
 from .ids import RunIds
+from .pairs import checked_pair, closing, complete_fields, created_id, needs_scrub, scrub
 from .run import Run
 from .sessions import PendingStart, RunContext, SessionState, Source
 from .subscription import SubscribeInfo, Subscription
@@ -41,14 +41,7 @@ log = logging.getLogger("runwire.registry")
 Policy = Literal["reject", "enqueue", "interrupt"]
 StartStatus = Literal["started", "queued", "duplicate"]
 
-_OUTCOMES: frozenset[str] = frozenset(("done", "aborted", "interrupted", "error", "server_restart"))
 _POLICIES: frozenset[str] = frozenset(("reject", "enqueue", "interrupt"))
-# Keys under which a provider might put its own session id; they never leave the registry.
-_ID_KEYS: frozenset[str] = frozenset(
-    ("session_id", "sessionId", "actual_session_id", "provider_session_id")
-)
-# Where a ``session_created`` event may carry the provider's id, most explicit first.
-_CREATED_KEYS = ("provider_session_id", "session_id", "sessionId", "actual_session_id")
 
 
 class StartResult(NamedTuple):
@@ -298,13 +291,13 @@ class MemoryRegistry:
                 return
             try:
                 events = source(context)
-                async with _closing(events):
+                async with closing(events):
                     async for item in events:
                         # A burst (a list of pairs) is published with one timestamp.
                         burst = item if type(item) is list else (item,)
                         ts = self._now_ms()
                         for pair in burst:
-                            kind, data = _checked(pair)
+                            kind, data = checked_pair(pair)
                             self._publish(run, kind, data, ts)
                             if run.status != "running":
                                 break
@@ -349,12 +342,12 @@ class MemoryRegistry:
         if kind == COMPLETE:
             return self._complete(run, data, cancel=False)
         if kind == SESSION_CREATED:
-            pid = next((data[k] for k in _CREATED_KEYS if data.get(k)), None)
-            if isinstance(pid, str):
+            pid = created_id(data)
+            if pid is not None:
                 self._record_provider_id(run, pid)
             return None
-        if not _ID_KEYS.isdisjoint(data):
-            data = _scrub(data, run.session.session_id)
+        if needs_scrub(data):
+            data = scrub(data, run.session.session_id)
         return self._append(run, kind, data, self._now_ms() if ts is None else ts)
 
     def _append(
@@ -497,7 +490,7 @@ class MemoryRegistry:
             return None
         state = run.session
         if not checked:
-            data = _complete_fields(data, state.session_id)
+            data = complete_fields(data, state.session_id)
         now = self._now_ms() if ts is None else ts
         event = self._append(run, COMPLETE, data, now, data_json)
         run.status = "completed"
@@ -596,6 +589,23 @@ class MemoryRegistry:
         else:
             self._append(run, kind, data, ts, data_json)
         return True
+
+    def drop_session(self, session_id: str) -> None:
+        """Forget a followed session whose events were lost where they are numbered: each
+        subscription ends with :class:`Lagged` once it has what it can still have (its
+        client resubscribes and gets what the log has). No run is ended here."""
+        state = self._sessions.pop(session_id, None)
+        if state is None:
+            return
+        for sub in list(state.subscriptions):
+            sub._lag()
+        state.wake()
+        if self._running.get(session_id) in state.runs:
+            del self._running[session_id]
+        for run in state.runs:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+        state.runs.clear()
 
     def following(self, run_id: str) -> int | None:
         """The last seq held of a followed (or local) run, or ``None`` when it is not here."""
@@ -878,15 +888,6 @@ class MemoryRegistry:
         return self._run_ids.new(self._now_ms())
 
 
-def _checked(pair: Any) -> tuple[str, dict[str, Any]]:
-    """A source's ``(kind, data)`` pair, or :class:`TypeError` naming what it yielded."""
-    if isinstance(pair, tuple) and len(pair) == 2:
-        kind, data = pair
-        if isinstance(kind, str) and isinstance(data, dict):
-            return kind, data
-    raise TypeError(f"source yielded {pair!r}, not (kind, data) or a list of them")
-
-
 def _memory_start(first: Run) -> Run:
     """The run whose oldest buffered event starts what memory holds without a gap from
     ``first`` on: the newest later run whose buffer lost its start, else ``first``."""
@@ -897,42 +898,3 @@ def _memory_start(first: Run) -> Run:
             start = run
         run = run.next
     return start
-
-
-def _scrub(data: dict[str, Any], session_id: str) -> dict[str, Any]:
-    """A copy of ``data`` with provider session ids replaced by the app's."""
-    clean = {k: v for k, v in data.items() if k != "provider_session_id"}
-    for key in ("session_id", "sessionId", "actual_session_id"):
-        if key in clean:
-            clean[key] = session_id
-    return clean
-
-
-def _complete_fields(data: dict[str, Any], session_id: str) -> dict[str, Any]:
-    """A provider's ``complete`` data with every protocol field present and valid."""
-    extra = _scrub(data, session_id)
-    reason = extra.get("reason")
-    error = extra.get("error") if isinstance(extra.get("error"), str) else None
-    exit_code = extra.get("exit_code")
-    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
-        exit_code = None
-    if reason not in _OUTCOMES:
-        reason = "error" if error is not None else "done"
-    outcome = cast(Outcome, reason)
-    success = extra.get("success") if isinstance(extra.get("success"), bool) else None
-    fields = complete_data(
-        session_id, reason=outcome, exit_code=exit_code, error=error, success=success
-    )
-    extra.update(fields)
-    return extra
-
-
-@asynccontextmanager
-async def _closing(iterator: AsyncIterator[Any]) -> AsyncIterator[None]:
-    """Close an async generator on the way out, so its own cleanup runs in this task."""
-    try:
-        yield
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()

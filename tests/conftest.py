@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import postgres_server, redis_server
+from tests.servers import Databases, postgres_server, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,11 @@ def postgres_url() -> Iterator[str]:
     their own databases in it."""
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_url: str) -> Iterator[Databases]:
+    """The test databases of the session's PostgreSQL server, dropped at its end."""
+    made = Databases(postgres_url)
+    yield made
+    asyncio.run(made.drop_all())

@@ -9,13 +9,11 @@ the store. Tests about SQLite files as such use
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import re
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import pytest
 
 from registry import ManualClock, MemoryRegistry
 from registry.store import PostgresStore, SQLiteStore, Store
+from tests.servers import Databases
 
 ENGINES = ("sqlite", "postgres")
 
@@ -189,93 +188,14 @@ def dollars(sql: str) -> str:
     return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
 
 
-class Databases:
-    """Empty databases in one server, one per test, each reset and handed to a later test
-    when its test is done (creating a database costs a checkpoint: ~0.3 s a test)."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.free: list[str] = []
-        self.made: list[str] = []
-
-    def url(self, name: str) -> str:
-        return self.server_url.rsplit("/", 1)[0] + f"/{name}"
-
-    async def admin(self) -> asyncpg.Connection:
-        """A connection to the server's own database. A server just started listens before
-        it takes connections ("the database system is starting up"): wait that out."""
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    return await asyncpg.connect(self.server_url)
-                except asyncpg.CannotConnectNowError:
-                    await anyio.sleep(0.05)
-
-    @contextlib.asynccontextmanager
-    async def fresh(self) -> AsyncIterator[PostgresDatabase]:
-        """An empty database, for as long as the context lasts."""
-        name = self.free.pop() if self.free else await self._create()
-        try:
-            yield PostgresDatabase(self.url(name), self.server_url, name)
-        finally:
-            await self._reset(name)
-            self.free.append(name)
-
-    async def _create(self) -> str:
-        name = f"t_{uuid.uuid4().hex[:16]}"
-        admin = await self.admin()
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        self.made.append(name)
-        return name
-
-    async def _reset(self, name: str) -> None:
-        """End every connection left to the database, and empty it."""
-        admin = await self.admin()
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await admin.execute(
-                """
-                SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
-                WHERE datname = $1 AND pid <> pg_backend_pid()
-                """,
-                name,
-            )
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(self.url(name))
-        try:
-            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        finally:
-            await conn.close()
-
-    async def drop_all(self) -> None:
-        admin = await self.admin()
-        try:
-            for name in self.made:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@pytest.fixture(scope="session")
-def databases(postgres_url: str) -> Iterator[Databases]:
-    """The test databases of the session's PostgreSQL server, dropped at its end."""
-    made = Databases(postgres_url)
-    yield made
-    asyncio.run(made.drop_all())
-
-
 @pytest.fixture(params=ENGINES)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         yield SQLiteFile(tmp_path / "runwire.db")
         return
     databases: Databases = request.getfixturevalue("databases")
-    async with databases.fresh() as database:
-        yield database
+    async with databases.fresh() as name:
+        yield PostgresDatabase(databases.url(name), databases.server_url, name)
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from .conftest import Databases, PostgresDatabase, started
 @pytest.fixture
 async def backend(databases: Databases) -> AsyncIterator[PostgresDatabase]:
     """Only PostgreSQL here."""
-    async with databases.fresh() as database:
-        yield database
+    async with databases.fresh() as name:
+        yield PostgresDatabase(databases.url(name), databases.server_url, name)
 
 
 OWNER = "ann"

@@ -1,0 +1,69 @@
+"""The store as a cluster process's mirror sees it: writes only for the runs it drives.
+
+Every process mirrors the sessions it serves, but a run's events are written to the
+database by one process only, the one that drives it (or, once that one died, whoever
+reaped the run). Its mirror hears every event of the run in seq order, its own and those
+other processes appended (an abort's ``complete``, a client's checkpoint), so writing from
+the mirror keeps the log in order with a single writer per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..events import Event, Position, RunSummary
+from ..run import ALL_DURABLE
+from ..store.base import Store
+
+
+class OwnedPersistence:
+    """A :class:`~registry.hooks.Persistence` over ``store`` that writes only the runs in
+    :attr:`owned`, and never gates delivery (Redis, not the database, numbers events, so
+    a restart cannot reuse a seq a client saw)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.owned: set[str] = set()
+        # run_id -> whether its end finds the session unwatched on every process (decided
+        # in Redis where the run ended, carried with its ``complete``).
+        self.unread: dict[str, bool] = {}
+
+    def run_started(
+        self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
+    ) -> None:
+        if run.run_id in self.owned:
+            self.store.run_started(run, client_msg_id=client_msg_id, ord=ord)
+
+    def append(self, event: Event) -> None:
+        if event.run_id in self.owned:
+            self.store.append(event)
+
+    def run_completed(self, run: RunSummary, *, unread: bool) -> None:
+        watched_elsewhere = self.unread.pop(run.run_id, unread)
+        if run.run_id in self.owned:
+            self.store.run_completed(run, unread=watched_elsewhere)
+
+    def provider_session(self, session_id: str, run_id: str, provider_session_id: str) -> None:
+        if run_id in self.owned:
+            self.store.provider_session(session_id, run_id, provider_session_id)
+
+    def durable_seq(self, run_id: str) -> int:
+        # Another process's run is that process's to write: nothing to wait for here.
+        return self.store.durable_seq(run_id) if run_id in self.owned else ALL_DURABLE
+
+    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+        return False
+
+    def urge(self) -> None:
+        self.store.urge()
+
+    async def find_client_msg(self, session_id: str, client_msg_id: str) -> str | None:
+        return await self.store.find_client_msg(session_id, client_msg_id)
+
+    async def latest_run(self, session_id: str) -> RunSummary | None:
+        return await self.store.latest_run(session_id)
+
+    async def read_history(
+        self, session_id: str, after: Position | None, before: Position | None
+    ) -> list[Event] | None:
+        return await self.store.read_history(session_id, after, before)

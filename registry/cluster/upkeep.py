@@ -1,0 +1,160 @@
+"""A cluster process's background duties, on one timer.
+
+- Renew this process's heartbeat and the leases of the runs it drives (every third of the
+  lease); a lease found lost means a survivor ended the run: stop its source.
+- Reap (every half lease): a running run whose lease lapsed lost its process; end it with
+  ``server_restart`` (one process wins, in Redis) and write what the dead process had not
+  written of it. Likewise take over a completed run whose process died before writing its
+  end.
+- Tell Redis which ended runs of ours are written (so nobody else writes them), and how many
+  subscriptions each session has here (for ``has_unread`` and run summaries).
+- Stop following sessions nobody here needs any more.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+
+from ..clock import to_ms
+from ..events import Event, complete_data
+from ..store.base import Store
+from .engine import Engine, EngineUnavailable, StoredEvent, summary_of
+
+if TYPE_CHECKING:
+    from .registry import ClusterRegistry
+
+log = logging.getLogger("runwire.cluster")
+
+_PAGE = 1000
+# The timer's tick: settled runs and watch counts go to Redis at least this often.
+_TICK = 0.25
+
+
+class Upkeep:
+    """The duties above for one :class:`~registry.cluster.ClusterRegistry`."""
+
+    def __init__(self, cluster: ClusterRegistry, engine: Engine, store: Store) -> None:
+        self._cluster = cluster
+        self._engine = engine
+        self._store = store
+        self._settled: list[str] = []
+        self._watch_sent: dict[str, int] = {}
+        lease = cluster.lease
+        self._tick = min(_TICK, lease / 4)
+        self._renew_every = lease / 3
+        self._reap_every = lease / 2
+
+    def settled(self, run_id: str) -> None:
+        """Our run's end is written; Redis hears of it on the next tick."""
+        self._settled.append(run_id)
+
+    async def run(self) -> None:
+        clock = anyio.current_time
+        next_renew = next_reap = clock()
+        while True:
+            now = clock()
+            try:
+                if now >= next_renew:
+                    next_renew = now + self._renew_every
+                    await self._renew()
+                if now >= next_reap:
+                    next_reap = now + self._reap_every
+                    await self._reap()
+                self._cluster.settle_ready()
+                await self._report_settled()
+                await self.sync_watch()
+                await self._unfollow_idle()
+            except EngineUnavailable as exc:
+                log.warning("cluster upkeep: %s", exc)
+            await anyio.sleep(self._tick)
+
+    async def _renew(self) -> None:
+        for run_id in await self._engine.renew(self._cluster.leases()):
+            self._cluster.lease_lost(run_id)
+
+    async def _report_settled(self) -> None:
+        if self._settled:
+            settled, self._settled = self._settled, []
+            try:
+                await self._engine.settled(settled)
+            except EngineUnavailable:
+                self._settled.extend(settled)
+                raise
+
+    async def sync_watch(self) -> None:
+        """Send the subscription counts that changed since last time."""
+        counts = self._cluster.mirror.session_subscribers()
+        changed = {sid: n for sid, n in counts.items() if self._watch_sent.get(sid) != n}
+        changed.update({sid: 0 for sid in self._watch_sent if sid not in counts})
+        if not changed:
+            return
+        await self._engine.watch(changed)
+        self._watch_sent = counts
+
+    async def _unfollow_idle(self) -> None:
+        cluster = self._cluster
+        for session_id in cluster.followed():
+            if not cluster.needs(session_id):
+                await cluster.unfollow(session_id)
+
+    # Taking over dead processes' runs ----------------------------------------------------
+
+    async def _reap(self) -> None:
+        engine = self._engine
+        orphans, claimed = await engine.orphans()
+        for run_id, session_id in orphans:
+            ts = to_ms(self._cluster.clock.now())
+            data = complete_data(session_id, reason="server_restart", exit_code=1)
+            if await engine.reap(run_id, ts, msgspec.json.encode(data).decode()):
+                log.warning("run %s lost its process: ended with server_restart", run_id)
+                claimed.append(run_id)
+        for run_id in claimed:
+            await self.write_rest(run_id)
+
+    async def write_rest(self, run_id: str) -> None:
+        """Write to the database what it lacks of a run whose process died: its start, the
+        events after the last one stored, and its end; then it is settled."""
+        engine = self._engine
+        store = self._store
+        fields = await engine.run(run_id)
+        if fields is None:
+            log.error("run %s: gone from Redis before its end was written; lost", run_id)
+            await engine.settled([run_id])
+            return
+        summary = summary_of(run_id, fields)
+        stored = await store.get_run(run_id)
+        if stored is None:
+            store.run_started(
+                summary,
+                client_msg_id=fields.get("client_msg_id") or None,
+                ord=int(fields["ord"]) if fields.get("ord") else None,
+            )
+        last = stored.last_seq if stored is not None else 0
+        while True:
+            events = await engine.events(run_id, last, limit=_PAGE)
+            if not events:
+                break
+            if events[0].seq != last + 1:
+                log.error(
+                    "run %s: events %d..%d are gone from Redis and were never written; lost",
+                    run_id,
+                    last + 1,
+                    events[0].seq - 1,
+                )
+            for event in events:
+                store.append(_event(summary.session_id, run_id, event))
+            last = events[-1].seq
+        if summary.status == "completed" and (stored is None or stored.status != "completed"):
+            # Nobody was subscribed across the crash as far as this process can tell.
+            store.run_completed(summary, unread=True)
+        await store.flush()
+        await engine.settled([run_id])
+
+
+def _event(session_id: str, run_id: str, stored: StoredEvent) -> Event:
+    data = msgspec.json.decode(stored.data, type=dict[str, object])
+    return Event(session_id, run_id, stored.seq, stored.kind, stored.ts, data, None, stored.data)
