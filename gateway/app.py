@@ -25,7 +25,8 @@ from starlette.routing import BaseRoute
 
 from providers import ProviderRegistry, default_providers
 from registry import Clock, LocalRegistry, MemoryRegistry, Notice, RunRegistry, SystemClock
-from registry.store import SQLiteStore
+from registry.cluster import ClusterRegistry
+from registry.store import PostgresStore, SQLiteStore, Store
 
 from .auth import Authenticator
 from .connection import SERVICE_RESTART
@@ -63,7 +64,7 @@ class Gateway:
         self._streams_empty: anyio.Event | None = None
         self.metrics: CollectorRegistry = build_registry(self)
         self._service: Service | None = None
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._drained: anyio.Event | None = None
 
     # State -----------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class Gateway:
         return self.service.registry
 
     @property
-    def store(self) -> SQLiteStore:
+    def store(self) -> Store:
         return self.service.store
 
     @property
@@ -116,20 +117,10 @@ class Gateway:
             raise ValueError(
                 f"default provider {self.settings.provider!r} is not offered ({known})"
             )
-        store = await SQLiteStore.open(
-            self.settings.db, clock=self.clock, flush_delay=self.settings.flush_delay
-        )
+        store = await self._open_store()
         self._drained = None
         try:
-            registry = LocalRegistry(
-                MemoryRegistry(
-                    store=store,
-                    clock=self.clock,
-                    buffer_size=self.settings.buffer_size,
-                    run_ttl=self.settings.run_ttl,
-                    queue_limit=self.settings.queue_limit,
-                )
-            )
+            registry = self._registry(store)
             async with registry:
                 stop_listening = registry.listen(self.hub.notice)
                 self._store = store
@@ -151,6 +142,43 @@ class Gateway:
             self._store = None
             with anyio.CancelScope(shield=True):
                 await store.close()
+
+    async def _open_store(self) -> Store:
+        settings = self.settings
+        if settings.database is None:
+            return await SQLiteStore.open(
+                settings.db, clock=self.clock, flush_delay=settings.flush_delay
+            )
+        # Runs left running belong to other live processes: Redis tells which are dead.
+        return await PostgresStore.open(
+            settings.database,
+            clock=self.clock,
+            flush_delay=settings.flush_delay,
+            recover=not settings.clustered,
+        )
+
+    def _registry(self, store: Store) -> LocalRegistry | ClusterRegistry:
+        settings = self.settings
+        if settings.redis is not None:
+            return ClusterRegistry(
+                settings.redis,
+                store,
+                clock=self.clock,
+                buffer_size=settings.buffer_size,
+                run_ttl=settings.run_ttl,
+                queue_limit=settings.queue_limit,
+                lease=settings.lease,
+                prefix=settings.redis_prefix,
+            )
+        return LocalRegistry(
+            MemoryRegistry(
+                store=store,
+                clock=self.clock,
+                buffer_size=settings.buffer_size,
+                run_ttl=settings.run_ttl,
+                queue_limit=settings.queue_limit,
+            )
+        )
 
     def stop_accepting(self) -> None:
         """Refuse new sends, WebSocket connections and streams from now on (shutdown)."""

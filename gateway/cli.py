@@ -17,8 +17,11 @@ from dataclasses import replace
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
 from providers import ProviderConfig
-from registry.store import SQLiteStore, StoreError
+from registry.store import PostgresStore, SQLiteStore, Store, StoreError
 
 from . import logs
 from .server import build_server
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="runwire",
         description="Keeps AI chat runs alive across browser refreshes: a WebSocket, HTTP "
-        "and SSE gateway over a run registry and a SQLite event log.",
+        "and SSE gateway over a run registry and a SQLite event log (or, for several "
+        "processes, Redis and PostgreSQL).",
         epilog="Run `runwire serve --help` for the server's flags.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -126,7 +130,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="port to listen on; 0 picks a free one (default %(default)s)",
     )
     serve.add_argument(
-        "--db", default=defaults.db, help="SQLite database file (default %(default)s)"
+        "--db",
+        default=defaults.db,
+        help="SQLite database file, for one process (default %(default)s)",
+    )
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="several processes: the Redis server that keeps live runs (redis://host:6379/0); "
+        "needs --database",
+    )
+    serve.add_argument(
+        "--database",
+        metavar="URL",
+        help="several processes: the PostgreSQL database that keeps sessions and the event "
+        "log (postgresql://user:password@host/db); needs --redis",
+    )
+    serve.add_argument(
+        "--redis-prefix",
+        default=defaults.redis_prefix,
+        metavar="PREFIX",
+        help="several processes: the prefix of every Redis key, so deployments can share "
+        "one Redis (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lease",
+        type=_seconds,
+        default=defaults.lease,
+        help="several processes: seconds after which a dead process's runs are ended by "
+        "another (default %(default)s)",
     )
     serve.add_argument(
         "--provider",
@@ -219,18 +251,41 @@ def _env_tokens(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_db(path: str) -> str | None:
-    """Open and close the store once, so a bad --db is a clear error before serving."""
+def _check_storage(settings: Settings) -> tuple[str, str] | None:
+    """Open the store (and reach Redis) once, so a bad --db, --database or --redis is a
+    clear error before serving: the flag and what is wrong with it."""
 
-    async def probe() -> None:
-        store = await SQLiteStore.open(path)
+    async def probe() -> tuple[str, str] | None:
+        if settings.database is None:
+            store: Store = await SQLiteStore.open(settings.db)
+            await store.close()
+            return None
+        store = await PostgresStore.open(settings.database, recover=False)
         await store.close()
+        assert settings.redis is not None
+        client = redis.Redis.from_url(settings.redis)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            return "--redis", f"{_masked(settings.redis)}: cannot reach Redis: {exc}"
+        finally:
+            await client.aclose()
+        return None
 
+    flag = "--database" if settings.database is not None else "--db"
     try:
-        asyncio.run(probe())
+        return asyncio.run(probe())
     except (StoreError, OSError, ValueError) as exc:
-        return str(exc)
-    return None
+        return flag, str(exc)
+
+
+def _masked(url: str) -> str:
+    """A URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutdown_grace=args.shutdown_grace,
             send_rate=args.send_rate,
             send_burst=args.send_burst,
+            redis=args.redis,
+            database=args.database,
+            lease=args.lease,
+            redis_prefix=args.redis_prefix,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -270,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         generated = secrets.token_urlsafe(24)
         settings = replace(settings, tokens={generated: LOCAL_USER})
-    problem = _check_db(settings.db)
+    problem = _check_storage(settings)
     if problem is not None:
-        parser.error(f"--db: {problem}")
+        parser.error(f"{problem[0]}: {problem[1]}")
     # Agent CLIs and OpenAI-compatible APIs are enabled by the environment (docs/providers.md).
     providers = ProviderConfig.from_env().build()
     if settings.provider not in providers:

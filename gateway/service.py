@@ -22,7 +22,7 @@ from registry import (
     Subscription,
 )
 from registry.clock import to_ms
-from registry.store import BadForkPoint, ForkPoint, SessionRecord, SQLiteStore
+from registry.store import BadForkPoint, ForkPoint, SessionRecord, Store
 
 from .context import RECENT, build_context, fork_summary
 from .errors import GatewayError, invalid, not_found
@@ -62,7 +62,7 @@ class Service:
         *,
         settings: Settings,
         registry: RunRegistry,
-        store: SQLiteStore,
+        store: Store,
         providers: ProviderRegistry,
         clock: Clock,
     ) -> None:
@@ -150,13 +150,12 @@ class Service:
         return record
 
     async def delete_session(self, user: str, session_id: str) -> None:
-        """Abort the session's run, delete it, forget it and tell the owner's connections
-        (the registry announces the deletion to every process)."""
+        """End the session's runs and tell the owner's connections (the registry announces
+        the deletion to every process), then delete it with its runs and events."""
         await self.session(user, session_id)
-        await self.registry.abort(session_id, clear_queue=True)
+        await self.registry.forget_session(session_id, owner=user)
         if not await self.store.delete_session(session_id, owner=user):
             raise not_found(session_id)
-        await self.registry.forget_session(session_id, owner=user)
 
     async def mark_read(self, user: str, session_id: str) -> None:
         if not await self.store.mark_read(session_id, owner=user):

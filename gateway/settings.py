@@ -40,6 +40,16 @@ class Settings:
     # Longest wait of an event for its commit to the log. Subscribers only receive events
     # once they are on disk, so this bounds latency; larger batches commit more cheaply.
     flush_delay: float = 0.005
+    # Several processes: Redis keeps the live runs and PostgreSQL the store (both, or neither:
+    # one process with SQLite at `db`).
+    redis: str | None = None
+    database: str | None = None
+    # Several processes: seconds a run's lease lasts unless its process renews it. A process
+    # that dies has its runs ended by a survivor within about this long.
+    lease: float = 10.0
+    # Several processes: the prefix of every Redis key and channel (several deployments may
+    # share one Redis server under different prefixes).
+    redis_prefix: str = "runwire"
 
     def __post_init__(self) -> None:
         checks = [
@@ -55,10 +65,29 @@ class Settings:
             (self.outbound_limit >= 1, "outbound limit must be at least 1"),
             (self.ping_interval > 0, "ping interval must be positive"),
             (self.send_buffer >= 4096, "send buffer must be at least 4096 bytes"),
+            (
+                (self.redis is None) == (self.database is None),
+                "--redis and --database go together: several processes need both",
+            ),
+            (
+                self.redis is None or self.redis.startswith(("redis://", "rediss://", "unix://")),
+                "--redis must be a redis://, rediss:// or unix:// URL",
+            ),
+            (
+                self.database is None or self.database.startswith(("postgresql://", "postgres://")),
+                "--database must be a postgresql:// URL",
+            ),
+            (0 < self.lease <= 3600, "lease must be in (0, 3600] seconds"),
+            (bool(self.redis_prefix) and ":" not in self.redis_prefix, "bad Redis key prefix"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this process is one of several sharing Redis and PostgreSQL."""
+        return self.redis is not None
 
     @property
     def loopback(self) -> bool:

@@ -74,7 +74,7 @@ class Provider(Protocol):
 class ConversationStore(Protocol):
     """Where a provider's conversation state is read from between runs.
 
-    Implemented by :class:`registry.store.SQLiteStore`.
+    Implemented by both stores (:class:`registry.store.Store`).
     """
 
     async def resume_id(self, session_id: str) -> str | None:

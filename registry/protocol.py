@@ -79,8 +79,9 @@ class RunRegistry(Protocol):
         ...
 
     async def forget_session(self, session_id: str, *, owner: str) -> None:
-        """A deleted session: end its run, drop its subscriptions everywhere, and announce
-        :class:`~registry.memory.SessionDeleted`."""
+        """A session about to be deleted: end its runs (queued ones too), drop its
+        subscriptions everywhere, announce :class:`~registry.memory.SessionDeleted`, and
+        return once the ended runs' writes are queued to the store ahead of the deletion."""
         ...
 
     def subscriber_count(self) -> int:
@@ -171,6 +172,7 @@ class LocalRegistry:
         return self.memory.shutdown(reason)
 
     async def forget_session(self, session_id: str, *, owner: str) -> None:
+        self.memory.abort(session_id, clear_queue=True)
         self.memory.forget_session(session_id, owner=owner)
 
     def subscriber_count(self) -> int:

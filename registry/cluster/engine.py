@@ -212,11 +212,18 @@ class Engine:
         flat = [str(value) for pair in counts.items() for value in pair]
         await self._run("WATCH", self.proc, self.timing.lease_ms, *flat)
 
-    async def delete(self, session_id: str, owner: str, ts: int, data: str) -> str | None:
-        """A deleted session: end its runs, drop its keys, tell every process."""
+    async def delete(self, session_id: str, owner: str, ts: int, data: str) -> list[str]:
+        """A deleted session: end its runs, drop its keys, tell every process. Returns the
+        runs it ended."""
         t = self.timing
         ended = await self._run("DELETE", session_id, owner, ts, data, t.ttl, t.maxlen, t.lease_ms)
-        return str(ended) or None
+        return [str(run_id) for run_id in ended]
+
+    async def unsettled(self, run_ids: Sequence[str]) -> list[str]:
+        """Those of the runs whose end is not yet written to the database."""
+        key = f"{self.prefix}:unsettled"
+        found = await self._call("unsettled", self.client.hmget(key, list(run_ids)))
+        return [run_id for run_id, owner in zip(run_ids, found, strict=True) if owner]
 
     async def seed_ord(self, value: int) -> None:
         """Raise the start-order counter to at least ``value``."""

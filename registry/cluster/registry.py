@@ -64,6 +64,8 @@ _POLICIES = frozenset(("reject", "enqueue", "interrupt"))
 _PAGE = 1000
 # How long a request waits for a session to be followed (subscribed and caught up).
 FOLLOW_TIMEOUT = 10.0
+# How often a deletion looks whether the runs it ended are written (seconds).
+SETTLE_POLL = 0.02
 # A session no longer needed is still followed this long (seconds): no churn of pub/sub
 # subscriptions for a client that resubscribes at once.
 FOLLOW_GRACE = 5.0
@@ -374,9 +376,17 @@ class ClusterRegistry:
 
     async def forget_session(self, session_id: str, *, owner: str) -> None:
         """End the session's runs and drop its state in Redis; every process (this one
-        too) hears :class:`SessionDeleted` over pub/sub."""
+        too) hears :class:`SessionDeleted` over pub/sub. Returns once the ended runs' logs
+        are written by the processes that drive them (bounded by the lease), so deleting
+        the session's rows next leaves no write behind."""
         ts = to_ms(self._clock.now())
-        await self.engine.delete(session_id, owner, ts, self._complete_text(session_id, "aborted"))
+        data = self._complete_text(session_id, "aborted")
+        ended = await self.engine.delete(session_id, owner, ts, data)
+        with anyio.move_on_after(self.lease):
+            while ended:
+                ended = await self.engine.unsettled(ended)
+                if ended:
+                    await anyio.sleep(SETTLE_POLL)  # written by other processes: no event
 
     # Subscribing and queries -------------------------------------------------------------
 

@@ -344,18 +344,25 @@ DELETE = (
     + """
 -- ARGV: P, session_id, owner, ts, data, ttl, maxlen, lease_ms
 -- A deleted session: its running and queued runs end (``aborted``), its keys go, and every
--- process hears of it. Returns the ended running run's id, or ''.
+-- process hears of it. Returns the ids of the runs it ended.
 local P, sid, owner, ts, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, maxlen, lease_ms = ARGV[6], ARGV[7], ARGV[8]
+local ended = {}
 local running = redis.call('HGET', P .. ':ses:' .. sid, 'running')
-if running then finish(P, running, ts, data, 'aborted', ttl, maxlen, lease_ms, false) end
+if running then
+  finish(P, running, ts, data, 'aborted', ttl, maxlen, lease_ms, false)
+  ended[#ended + 1] = running
+end
+for _, run_id in ipairs(redis.call('LRANGE', P .. ':queue:' .. sid, 0, -1)) do
+  ended[#ended + 1] = run_id
+end
 end_queued(P, sid, ts, data, 'aborted', ttl, maxlen, lease_ms)
 for _, key in ipairs({'ses', 'msg', 'queue', 'watch', 'sruns', 'lease'}) do
   redis.call('DEL', P .. ':' .. key .. ':' .. sid)
 end
 redis.call('PUBLISH', P .. ':notice',
   cjson.encode({kind = 'session_deleted', owner = owner, session_id = sid}))
-return running or ''
+return ended
 """
 )
 
