@@ -710,7 +710,19 @@ class MemoryRegistry:
         if events is None:
             sub.close()
             raise UnknownRun(state.session_id, run_id or "")
-        sub._set_prefix(self._unseen(state, sub, events))
+        events = self._unseen(state, sub, events)
+        requested = Position(run_id, after_seq) if run_id is not None else after
+        memory = Position(sub._run.run_id, sub._next) if sub._run is not None else None
+        hole = _first_hole(events, requested, memory)
+        if hole is not None:
+            # Events the client asked for exist nowhere any more (lost where they were
+            # numbered before they were written): delivery starts after the hole.
+            log.error("session %s: events before %s are lost", state.session_id, hole)
+            cut = next((i for i, e in enumerate(events) if e.position == hole), len(events))
+            sub._set_prefix(events[cut:])
+            sub.info = self._info(state, sub, recovered=False, first_available=hole)
+            return sub
+        sub._set_prefix(events)
         sub.info = self._info(state, sub, recovered=True)
         return sub
 
@@ -886,6 +898,30 @@ class MemoryRegistry:
 
     def _new_run_id(self) -> str:
         return self._run_ids.new(self._now_ms())
+
+
+def _first_hole(
+    events: list[Event], after: Position | None, memory: Position | None
+) -> Position | None:
+    """Where the log's ``events`` (read from ``after`` on), then memory from ``memory``,
+    first skip something: the position delivery resumes at, or ``None`` when nothing is
+    missing. Within a run seqs go up by one; a run is followed by the next one only after
+    its ``complete``, and the next one starts at seq 1."""
+    run_id, seq, ended = (after.run_id, after.seq, True) if after is not None else (None, 0, True)
+    for event in events:
+        if event.run_id == run_id:
+            if event.seq != seq + 1:
+                return event.position
+        elif event.seq != 1 or not ended:
+            return event.position
+        run_id, seq, ended = event.run_id, event.seq, event.kind == COMPLETE
+    if memory is not None:
+        if memory.run_id == run_id:
+            if memory.seq > seq + 1:
+                return memory
+        elif memory.seq != 1 or not ended:
+            return memory
+    return None
 
 
 def _memory_start(first: Run) -> Run:

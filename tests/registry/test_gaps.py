@@ -264,3 +264,37 @@ async def test_overrun_during_the_store_read_lags_at_the_last_given(
     assert (info.value.run_id, info.value.last_seq) == (first.run_id, 7)
     again = await sreg.subscribe("s1", owner="alice", run_id=first.run_id, after_seq=7)
     assert positions(got + drain(again)) == positions(store.events)
+
+
+# A log with a hole ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["middle", "tail"])
+async def test_a_hole_in_the_log_is_reported_not_skipped_over(
+    sreg: MemoryRegistry, store: FakeStore, clock: ManualClock, lost: str
+) -> None:
+    """Events lost before they were written (their engine lost them) exist nowhere: the
+    subscription says so (recovered false) and starts right after the hole."""
+    old = await run_once(sreg, "s1", 6)  # seqs 1..8, the complete last
+    clock.advance(sreg.run_ttl)
+    sreg.sweep()  # evicted: only the log has it
+    new = (await sreg.start("s1", owner="alice", content="again")).run_id
+    if lost == "middle":
+        store.events = [e for e in store.events if (e.run_id, e.seq) != (old, 4)]
+        resume = Position(old, 5)
+    else:
+        store.events = [e for e in store.events if not (e.run_id == old and e.seq >= 7)]
+        resume = Position(new, 1)
+    sub = await sreg.subscribe("s1", owner="alice", run_id=old, after_seq=1)
+    assert sub.info is not None
+    assert sub.info.recovered is False
+    assert sub.info.first_available == resume
+    got = positions(drain(sub))
+    assert got[0] == tuple(resume)
+    assert got[-1] == (new, 1)
+    # From past the hole, nothing is missing.
+    past = await sreg.subscribe(
+        "s1", owner="alice", run_id=old, after_seq=5 if lost == "middle" else 8
+    )
+    assert past.info is not None
+    assert past.info.recovered is True
