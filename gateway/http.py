@@ -205,6 +205,9 @@ class HttpApi:
             except GatewayError as exc:
                 return error_response(exc)
             except RegistryError as exc:
+                if exc.code == "INTERNAL":
+                    # An engine that cannot be reached now (Redis, the database).
+                    log.warning("%s %s failed: %s", request.method, request.url.path, exc)
                 return error_response(GatewayError.from_registry(exc))
             except Exception:
                 log.exception("%s %s failed", request.method, request.url.path)

@@ -149,6 +149,9 @@ class Dispatcher:
             )
         except RegistryError as exc:
             field = "run_id" if isinstance(exc, UnknownRun) else None
+            if exc.code == "INTERNAL":
+                # An engine that cannot be reached now (Redis, the database).
+                log.warning("handling a %s frame failed: %s", type(frame).__name__, exc)
             conn.push(
                 frames.error(
                     exc.code, str(exc), frame_id=frame.id, session_id=session_id, field=field

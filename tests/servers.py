@@ -54,27 +54,54 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+class RedisServer:
+    """A ``redis-server`` of the test's own on a fixed loopback port, stopped and started
+    again at will: with ``persistent``, an append-only file (fsync on every write) keeps
+    its data across restarts; without, it comes back empty."""
+
+    def __init__(self, directory: str, *, persistent: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
+        self._cmd = [
+            binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            "--appendonly", "no", *persistence, "--dir", directory, "--loglevel", "warning",
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL)
+        _wait_for_port(self.port, self._process, "redis-server")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
+
+
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway ``redis-server`` (no persistence); yields ``redis://127.0.0.1:PORT/0``."""
+def redis_server(*, persistent: bool = False) -> Iterator[str]:
+    """A throwaway ``redis-server``; yields ``redis://127.0.0.1:PORT/0``."""
     if url := os.environ.get("RUNWIRE_TEST_REDIS"):
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    with owned_redis(persistent=persistent) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def owned_redis(*, persistent: bool = False) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` in a temporary directory, stopped at the end."""
     with tempfile.TemporaryDirectory(prefix="runwire-redis-") as directory:
-        port = free_port()
-        process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = RedisServer(directory, persistent=persistent)
+        server.start()
         try:
-            _wait_for_port(port, process, "redis-server")
-            yield f"redis://127.0.0.1:{port}/0"
+            yield server
         finally:
-            _stop(process)
+            server.stop()
 
 
 def _postgres_bin(name: str) -> str:

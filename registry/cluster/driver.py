@@ -44,12 +44,16 @@ class Driver:
         *,
         pace_ahead: int,
         closing: Callable[[], bool],
+        gone: Callable[[Owned], Awaitable[None]],
     ) -> None:
         self._engine = engine
         self._store = store
         self._clock = clock
         self._pace_ahead = pace_ahead
         self._closing = closing
+        # Told when Redis answers that a run of ours is not running (ended elsewhere, or
+        # lost with Redis's state).
+        self._gone = gone
         self._encode = msgspec.json.Encoder().encode
         self.dropped = 0
 
@@ -109,6 +113,7 @@ class Driver:
         )
         if first == 0:
             self.dropped += len(kinds)
+            await self._gone(owned)
             return False
         owned.last_appended = first + len(kinds) - 1
         return True
@@ -134,6 +139,7 @@ class Driver:
         )
         if seq == 0:
             self.dropped += 1
+            await self._gone(owned)
         else:
             owned.last_appended = seq
         return seq

@@ -77,6 +77,7 @@ class Engine:
                 "DELETE",
                 "RUNS",
                 "SEED_ORD",
+                "RESTORE",
             )
         }
 
@@ -224,6 +225,26 @@ class Engine:
         key = f"{self.prefix}:unsettled"
         found = await self._call("unsettled", self.client.hmget(key, list(run_ids)))
         return [run_id for run_id, owner in zip(run_ids, found, strict=True) if owner]
+
+    async def restore_end(
+        self, run: RunSummary, *, owner: str, seq: int, ts: int, data: str, ord: int | None
+    ) -> int:
+        """Put back a run Redis lost, as ended by ``data`` at ``seq`` (see ``RESTORE``)."""
+        return int(
+            await self._run(
+                "RESTORE",
+                run.run_id,
+                run.session_id,
+                owner,
+                run.provider,
+                run.started_at or ts,
+                seq,
+                ts,
+                data,
+                self.timing.ttl,
+                ord if ord is not None else 0,
+            )
+        )
 
     async def seed_ord(self, value: int) -> None:
         """Raise the start-order counter to at least ``value``."""

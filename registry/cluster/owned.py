@@ -21,17 +21,24 @@ class Owned:
         "ended",
         "last_appended",
         "pacing",
+        "provider",
         "run_id",
         "scope",
         "session_id",
         "source",
+        "started_at",
     )
 
-    def __init__(self, context: RunContext, source: Source | None) -> None:
+    def __init__(
+        self, context: RunContext, source: Source | None, *, provider: str, started_at: int
+    ) -> None:
         self.context = context
         self.run_id = context.run_id
         self.session_id = context.session_id
         self.source = source
+        self.provider = provider
+        # When it was accepted (ms); its start in Redis may come later (queued).
+        self.started_at = started_at
         # Set when the mirror adopts the run (its first event is here and being written).
         self.adopted = anyio.Event()
         # Set when the mirror has the run's complete (whoever appended it).

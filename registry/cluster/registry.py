@@ -49,6 +49,7 @@ from ..memory import (
 from ..run import ALL_DURABLE
 from ..sessions import RunContext, Source
 from ..store.base import Store
+from ..store.errors import StoreError
 from ..subscription import Subscription
 from .driver import Driver
 from .engine import Engine, EngineUnavailable, StoredEvent, Timing, summary_of
@@ -64,6 +65,9 @@ _POLICIES = frozenset(("reject", "enqueue", "interrupt"))
 _PAGE = 1000
 # How long a request waits for a session to be followed (subscribed and caught up).
 FOLLOW_TIMEOUT = 10.0
+# Waits between attempts to catch a session up while Redis is away (seconds).
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
 # How often a deletion looks whether the runs it ended are written (seconds).
 SETTLE_POLL = 0.02
 # A session no longer needed is still followed this long (seconds): no churn of pub/sub
@@ -157,6 +161,7 @@ class ClusterRegistry:
             self._clock,
             pace_ahead=max(1, self.mirror.buffer_size // 2),
             closing=lambda: self._closing,
+            gone=self.check_gone,
         )
         self._live = Live(
             listener,
@@ -274,7 +279,8 @@ class ClusterRegistry:
         await self._follow(session_id)
         now = to_ms(self._clock.now())
         run_id = self._run_ids.new(now)
-        owned = Owned(RunContext(session_id, run_id, owner, content, client_msg_id), source)
+        context = RunContext(session_id, run_id, owner, content, client_msg_id)
+        owned = Owned(context, source, provider=provider, started_at=now)
         self._owned[run_id] = owned
         self._persist.owned.add(run_id)
         user_message: dict[str, Any] = {"content": content}
@@ -515,6 +521,8 @@ class ClusterRegistry:
                 first_seq=first,
                 ord=start.get("ord"),
             )
+        elif mirror.following(run_id) is None:
+            return False  # A run this mirror never saw start: read it from its stream.
         if end is not None:
             self._persist.unread[run_id] = not end.get("watched", False)
         texts = body.split("\n")
@@ -525,11 +533,17 @@ class ClusterRegistry:
         return True
 
     async def _catch_up_logged(self, session_id: str) -> None:
-        try:
-            await self._catch_up(session_id)
-        except EngineUnavailable as exc:
-            # The reconnect that follows an outage catches every session up again.
-            log.warning("catching up session %s failed: %s", session_id, exc)
+        """Catch a session up, retrying with backoff while Redis cannot be reached (what
+        pub/sub delivers meanwhile waits in the backlog)."""
+        backoff = _FIRST_BACKOFF
+        while session_id in self._follows:
+            try:
+                await self._catch_up(session_id)
+                return
+            except EngineUnavailable as exc:
+                log.warning("catching up session %s failed (%s); retrying", session_id, exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _catch_up_all(self) -> None:
         """After a pub/sub reconnect: what was published meanwhile is only in the streams."""
@@ -544,57 +558,74 @@ class ClusterRegistry:
         """Bring the mirror of a followed session up to the streams, then apply what pub/sub
         delivered meanwhile; repeats while those leave a gap."""
         follow = self._follows.get(session_id)
-        try:
-            while follow is not None and follow.backlog is not None:
-                await self._read_streams(session_id)
-                backlog, follow.backlog = follow.backlog, None
-                for message in backlog:
-                    if follow.backlog is not None:
-                        follow.backlog.append(message)
-                    elif not self._apply(session_id, message):
-                        follow.backlog = [message]
-        finally:
-            if follow is not None:
-                follow.ready.set()
+        while follow is not None and follow.backlog is not None:
+            await self._read_streams(session_id)
+            backlog, follow.backlog = follow.backlog, None
+            for message in backlog:
+                if follow.backlog is not None:
+                    follow.backlog.append(message)
+                elif not self._apply(session_id, message):
+                    follow.backlog = [message]
+        if follow is not None:
+            follow.ready.set()
 
     async def _read_streams(self, session_id: str) -> None:
         engine = self.engine
         mirror = self.mirror
         run_ids = await engine.session_runs(session_id)
         held = mirror.session_runs(session_id)
+        for run_id in held:
+            gone = mirror.is_processing(session_id) and run_id not in run_ids
+            if gone and await engine.run(run_id) is None:
+                # Redis lost it (restarted empty): its driver ends it (RESTORE).
+                owned = self._owned.get(run_id)
+                if owned is not None:
+                    await self._vanished(owned)
+                self._lost(session_id, f"run {run_id} is gone from Redis")
+                held = []
+                break
         if held and held[-1] in run_ids:
             run_ids = run_ids[run_ids.index(held[-1]) :]
         for run_id in run_ids:
-            last = mirror.following(run_id)
-            if last is None:
-                fields = await engine.run(run_id)
-                if fields is None or fields.get("status") == "queued":
-                    continue
-                if mirror.is_processing(session_id):
-                    self._lost(session_id, "a run ended with no trace of its end")
-                    return
-                events = await engine.events(run_id, 0, limit=_PAGE)
-                first = events[0].seq if events else int(fields["last_seq"]) + 1
-                mirror.adopt(
-                    session_id,
-                    owner=fields["owner"],
-                    run_id=run_id,
-                    provider=fields.get("provider", ""),
-                    started_at=int(fields["started_at"]),
-                    client_msg_id=fields.get("client_msg_id") or None,
-                    first_seq=first,
-                    ord=int(fields["ord"]) if fields.get("ord") else None,
-                )
-                last = first - 1
-            else:
-                events = await engine.events(run_id, last, limit=_PAGE)
-            while events:
-                if events[0].seq != last + 1:
-                    self._lost(session_id, f"run {run_id} lost seqs {last + 1}..")
-                    return
-                self._ingest(run_id, events)
-                last = events[-1].seq
-                events = await engine.events(run_id, last, limit=_PAGE)
+            if not await self._read_run(session_id, run_id):
+                return
+
+    async def _read_run(self, session_id: str, run_id: str) -> bool:
+        """Bring one run of the session up to its stream (adopting it if new); ``False``
+        when the mirror had to drop the session."""
+        engine = self.engine
+        mirror = self.mirror
+        last = mirror.following(run_id)
+        if last is None:
+            fields = await engine.run(run_id)
+            if fields is None or fields.get("status") == "queued":
+                return True
+            if mirror.is_processing(session_id):
+                self._lost(session_id, "a run ended with no trace of its end")
+                return False
+            events = await engine.events(run_id, 0, limit=_PAGE)
+            first = events[0].seq if events else int(fields["last_seq"]) + 1
+            mirror.adopt(
+                session_id,
+                owner=fields["owner"],
+                run_id=run_id,
+                provider=fields.get("provider", ""),
+                started_at=int(fields.get("started_at") or 0),
+                client_msg_id=fields.get("client_msg_id") or None,
+                first_seq=first,
+                ord=int(fields["ord"]) if fields.get("ord") else None,
+            )
+            last = first - 1
+        else:
+            events = await engine.events(run_id, last, limit=_PAGE)
+        while events:
+            if events[0].seq != last + 1:
+                self._lost(session_id, f"run {run_id} lost seqs {last + 1}..{events[0].seq - 1}")
+                return False
+            self._ingest(run_id, events)
+            last = events[-1].seq
+            events = await engine.events(run_id, last, limit=_PAGE)
+        return True
 
     def _ingest(self, run_id: str, events: list[StoredEvent]) -> None:
         for event in events:
@@ -698,9 +729,73 @@ class ClusterRegistry:
         """(session, run) of every run this process drives."""
         return [(o.session_id, o.run_id) for o in self._owned.values() if o.running]
 
-    def lease_lost(self, run_id: str) -> None:
-        """Another process ended our run (its lease lapsed): stop driving it."""
+    async def lease_lost(self, run_id: str) -> None:
+        """Our run's lease is gone: another process ended it (its source is stopped), or
+        Redis lost it (it is ended here)."""
         owned = self._owned.get(run_id)
-        if owned is not None and owned.scope is not None:
+        if owned is None:
+            return
+        if owned.scope is not None:
             log.warning("run %s lost its lease; its source is stopped", run_id)
             owned.scope.cancel()
+        await self.check_gone(owned)
+
+    async def check_gone(self, owned: Owned) -> None:
+        """Redis answered that our run is not running: if it does not know the run at all,
+        it lost it, and the run is ended here."""
+        if await self.engine.run(owned.run_id) is None:
+            await self._vanished(owned)
+
+    async def _vanished(self, owned: Owned) -> None:
+        """Redis lost a running run of ours (it restarted empty): end it in the log, and put
+        its end back in Redis so every process's subscribers hear of it. The end takes the
+        seq after the last one this process appended, so no seq a client saw is reused;
+        events Redis took but never sent back are reported lost."""
+        if owned.ended.is_set():
+            return
+        owned.ended.set()
+        if owned.scope is not None:
+            owned.scope.cancel()
+        run_id, session_id = owned.run_id, owned.session_id
+        held = self.mirror.following(run_id) or 0
+        seq = max(held, owned.last_appended) + 1
+        if owned.last_appended > held:
+            log.error(
+                "run %s: events %d..%d reached Redis but never came back before Redis lost "
+                "them; they are lost",
+                run_id,
+                held + 1,
+                owned.last_appended,
+            )
+        log.error("run %s: Redis lost its state; ended with server_restart at seq %d", run_id, seq)
+        ts = to_ms(self._clock.now())
+        data = complete_data(
+            session_id, reason="server_restart", exit_code=1, error="run state was lost"
+        )
+        summary = RunSummary(
+            run_id=run_id,
+            session_id=session_id,
+            provider=owned.provider,
+            status="completed",
+            started_at=owned.started_at,
+            completed_at=ts,
+            last_seq=seq,
+            subscribers=0,
+            outcome="server_restart",
+        )
+        # Written here, not through the mirror, which cannot take a seq past a gap.
+        self._persist.owned.discard(run_id)
+        self._store.append(Event(session_id, run_id, seq, COMPLETE, ts, data))
+        self._store.run_completed(summary, unread=True)
+        try:
+            await self._store.flush()
+            await self.engine.restore_end(
+                summary,
+                owner=owned.context.owner,
+                seq=seq,
+                ts=ts,
+                data=_encode(data).decode(),
+                ord=None,
+            )
+        except (EngineUnavailable, StoreError) as exc:
+            log.error("run %s: its end could not be announced: %s", run_id, exc)

@@ -406,6 +406,36 @@ if #out == 0 then return '[]' end
 return cjson.encode(out)
 """
 
+RESTORE = (
+    _LIB
+    + """
+-- ARGV: P, run_id, session_id, owner, provider, started_at, seq, ts, data, ttl, ord
+-- A running run whose state Redis lost (it restarted empty) is ended by the process that
+-- drives it: this puts back just enough for every process to hear of its end (the run as
+-- completed, its stream holding only the complete at ``seq``). Returns 0 and changes
+-- nothing when Redis knows the run.
+local P, run_id, sid, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local seq, ts, data, ttl = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local rk = P .. ':run:' .. run_id
+if redis.call('EXISTS', rk) == 1 then return 0 end
+redis.call('HSET', rk, 'session_id', sid, 'owner', owner, 'provider', ARGV[5],
+  'status', 'completed', 'started_at', ARGV[6], 'completed_at', ts, 'last_seq', seq,
+  'outcome', 'server_restart', 'ord', ARGV[11], 'client_msg_id', '')
+redis.call('XADD', P .. ':ev:' .. run_id, '0-' .. seq, 'k', 'complete', 't', ts, 'd', data)
+local sk = P .. ':ses:' .. sid
+redis.call('HSET', sk, 'owner', owner, 'latest', run_id)
+if redis.call('HGET', sk, 'running') == run_id then redis.call('HDEL', sk, 'running') end
+local lk = P .. ':sruns:' .. sid
+if redis.call('LPOS', lk, run_id) == false then redis.call('RPUSH', lk, run_id) end
+for _, key in ipairs({rk, P .. ':ev:' .. run_id, sk, lk}) do redis.call('EXPIRE', key, ttl) end
+redis.call('PUBLISH', P .. ':live:' .. sid,
+  cjson.encode({run_id, seq, tonumber(ts), {'complete'}, cjson.null, {watched = false}})
+    .. '\\n' .. data)
+notice(P, 'run_finished', rk, run_id, 0)
+return seq
+"""
+)
+
 SEED_ORD = """
 -- ARGV: P, value. Raises the start-order counter to at least ``value`` (the database's
 -- highest ord), so runs started after a Redis restart still sort after older ones.

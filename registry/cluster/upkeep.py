@@ -74,7 +74,7 @@ class Upkeep:
 
     async def _renew(self) -> None:
         for run_id in await self._engine.renew(self._cluster.leases()):
-            self._cluster.lease_lost(run_id)
+            await self._cluster.lease_lost(run_id)
 
     async def _report_settled(self) -> None:
         if self._settled:
