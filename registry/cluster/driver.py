@@ -61,6 +61,8 @@ class Driver:
         """Feed the run from its source until it completes, fails or is stopped."""
         source = owned.source
         assert source is not None
+        if owned.ended.is_set():
+            return  # Ended before it could start (a queued run aborted with its queue).
         ended = False
         with anyio.CancelScope() as scope:
             owned.scope = scope

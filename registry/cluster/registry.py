@@ -11,8 +11,9 @@ subscriptions, replay buffers and log replay serve local clients exactly as on o
 process, and one pub/sub message per batch serves any number of them. A gap (a message lost
 to a reconnect) is filled from the run's stream before anything after it is applied.
 
-The process that accepted a send drives its run (:mod:`.driver`) and writes the run's log
-to the database from its mirror, in seq order, whoever appended the events
+Following a session and keeping its mirror equal to Redis is :mod:`.follower`'s part. The
+process that accepted a send drives its run (:mod:`.driver`) and writes the run's log to
+the database from its mirror, in seq order, whoever appended the events
 (:mod:`.persistence`). Processes renew their runs' leases; a process whose lease lapsed
 (it died) has its runs ended by a survivor with ``server_restart``, and the survivor writes
 whatever the dead one had not (:mod:`.upkeep`).
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal
 
@@ -52,7 +53,8 @@ from ..store.base import Store
 from ..store.errors import StoreError
 from ..subscription import Subscription
 from .driver import Driver
-from .engine import Engine, EngineUnavailable, StoredEvent, Timing, summary_of
+from .engine import Engine, EngineUnavailable, Timing, summary_of
+from .follower import FOLLOW_TIMEOUT, Follower
 from .live import Live
 from .owned import Owned
 from .persistence import OwnedPersistence
@@ -61,35 +63,10 @@ from .upkeep import Upkeep
 log = logging.getLogger("runwire.cluster")
 
 _POLICIES = frozenset(("reject", "enqueue", "interrupt"))
-# Events read from a run's stream per request while catching up.
-_PAGE = 1000
-# How long a request waits for a session to be followed (subscribed and caught up).
-FOLLOW_TIMEOUT = 10.0
-# Waits between attempts to catch a session up while Redis is away (seconds).
-_FIRST_BACKOFF = 0.05
-_MAX_BACKOFF = 2.0
 # How often a deletion looks whether the runs it ended are written (seconds).
 SETTLE_POLL = 0.02
-# A session no longer needed is still followed this long (seconds): no churn of pub/sub
-# subscriptions for a client that resubscribes at once.
-FOLLOW_GRACE = 5.0
-_decode_header = msgspec.json.Decoder(tuple[str, int, int, list[str], Any, Any]).decode
-_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_notice = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
-
-
-class _Follow:
-    """A session this process follows on pub/sub."""
-
-    __slots__ = ("backlog", "ready", "used")
-
-    def __init__(self) -> None:
-        # Messages held while the session is caught up from the streams; None when live.
-        self.backlog: list[str] | None = []
-        self.ready = anyio.Event()
-        # When a request last needed it (anyio.current_time()).
-        self.used = anyio.current_time()
 
 
 class ClusterRegistry:
@@ -132,7 +109,6 @@ class ClusterRegistry:
         self.stats: RegistryStats = self.mirror.stats
         self._listeners: list[Callable[[Notice], None]] = []
         self._owned: dict[str, Owned] = {}
-        self._follows: dict[str, _Follow] = {}
         self._run_ids = RunIds()
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -141,6 +117,7 @@ class ClusterRegistry:
         self._live: Live | None = None
         self._driver: Driver | None = None
         self._upkeep: Upkeep | None = None
+        self._follower: Follower | None = None
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -163,11 +140,19 @@ class ClusterRegistry:
             closing=lambda: self._closing,
             gone=self.check_gone,
         )
-        self._live = Live(
+        live = self._live = Live(
             listener,
             always=engine.notice_channel,
             on_message=self._on_message,
             on_reconnect=self._catch_up_all,
+        )
+        self._follower = Follower(
+            engine,
+            live,
+            self.mirror,
+            self._persist,
+            spawn=self._spawn,
+            lost_run=self._lost_run,
         )
         self._upkeep = Upkeep(self, engine, self._store)
         try:
@@ -214,6 +199,19 @@ class ClusterRegistry:
             await client.aclose()
         self._clients = []
 
+    def _spawn(self, fn: Callable[[str], Coroutine[Any, Any, None]], session_id: str) -> None:
+        if self._task_group is not None:
+            self._task_group.start_soon(fn, session_id)
+
+    async def _catch_up_all(self) -> None:
+        await self.follower.catch_up_all()
+
+    @property
+    def follower(self) -> Follower:
+        if self._follower is None:
+            raise RuntimeError("the cluster registry is not running: `async with` it first")
+        return self._follower
+
     @property
     def clock(self) -> Clock:
         return self._clock
@@ -248,6 +246,14 @@ class ClusterRegistry:
         with anyio.move_on_after(self.lease):
             for owned in running:
                 await owned.ended.wait()
+            # Their ends are written now, so no survivor has to take them over.
+            await self._store.flush()
+            self.settle_ready()
+            if self._upkeep is not None:
+                try:
+                    await self._upkeep.report_settled()
+                except EngineUnavailable as exc:
+                    log.warning("shutdown: settled runs not reported (%s)", exc)
         return ended
 
     # Starting runs ---------------------------------------------------------------------
@@ -276,7 +282,7 @@ class ClusterRegistry:
             original = await self._store.find_client_msg(session_id, client_msg_id)
             if original is not None:
                 return StartResult(session_id, original, "duplicate")
-        await self._follow(session_id)
+        await self.follower.follow(session_id)
         now = to_ms(self._clock.now())
         run_id = self._run_ids.new(now)
         context = RunContext(session_id, run_id, owner, content, client_msg_id)
@@ -302,8 +308,13 @@ class ClusterRegistry:
         if status == "duplicate":
             return StartResult(session_id, found, "duplicate")
         if status == "started":
-            with anyio.fail_after(FOLLOW_TIMEOUT):
-                await owned.adopted.wait()
+            try:
+                with anyio.fail_after(FOLLOW_TIMEOUT):
+                    await owned.adopted.wait()
+            except TimeoutError as exc:
+                # It is started and will be driven once heard of; the client may resend
+                # with its client_msg_id to learn of it.
+                raise EngineUnavailable("start", exc) from None
             return StartResult(session_id, run_id, "started")
         return StartResult(session_id, run_id, "queued")
 
@@ -401,7 +412,7 @@ class ClusterRegistry:
     ) -> Subscription:
         """Subscribe from a position: the session is followed (caught up from Redis) and
         the mirror serves the subscription, reading the log for what Redis no longer has."""
-        await self._follow(session_id)
+        await self.follower.follow(session_id)
         sub = await self.mirror.subscribe(
             session_id, owner=owner, run_id=run_id, after_seq=after_seq
         )
@@ -441,206 +452,31 @@ class ClusterRegistry:
 
     # Following sessions ----------------------------------------------------------------
 
-    async def _follow(self, session_id: str) -> None:
-        """Return once the session is followed: subscribed on pub/sub and caught up."""
-        follow = self._follows.get(session_id)
-        if follow is not None:
-            follow.used = anyio.current_time()
-        else:
-            follow = self._follows[session_id] = _Follow()
-            live = self._live
-            assert live is not None
-            try:
-                with anyio.fail_after(FOLLOW_TIMEOUT):
-                    await live.follow(self.engine.key("live", session_id))
-                await self._catch_up(session_id)
-            except BaseException as exc:
-                self._follows.pop(session_id, None)
-                follow.ready.set()
-                if isinstance(exc, TimeoutError):
-                    raise EngineUnavailable("follow", exc) from None
-                raise
-        with anyio.fail_after(FOLLOW_TIMEOUT):
-            await follow.ready.wait()
-        if session_id not in self._follows:
-            raise EngineUnavailable("follow", RuntimeError("the session could not be followed"))
-
     def followed(self) -> list[str]:
-        return list(self._follows)
+        return self.follower.followed()
 
     async def unfollow(self, session_id: str) -> None:
-        """Stop following a session nobody here needs any more."""
-        if self._follows.pop(session_id, None) is not None and self._live is not None:
-            await self._live.unfollow(self.engine.key("live", session_id))
+        await self.follower.unfollow(session_id)
 
     def needs(self, session_id: str) -> bool:
-        """Whether this process still needs to follow the session: it has state for it, or
-        drives a run of it, or a request used it within the last ``FOLLOW_GRACE`` s."""
-        follow = self._follows.get(session_id)
-        if follow is None:
-            return False
-        if not follow.ready.is_set() or anyio.current_time() - follow.used < FOLLOW_GRACE:
-            return True
-        return self.mirror.has_session(session_id) or any(
-            owned.session_id == session_id for owned in self._owned.values()
+        """Whether this process still needs to follow the session: a request used it
+        lately, or it has state for it here, or it drives a run of it."""
+        return (
+            self.follower.recently_used(session_id)
+            or self.mirror.has_session(session_id)
+            or any(owned.session_id == session_id for owned in self._owned.values())
         )
 
     def _on_message(self, channel: str, data: str) -> None:
         if channel == self.engine.notice_channel:
             self._on_notice(data)
-            return
-        session_id = channel[len(self._prefix) + len(":live:") :]
-        follow = self._follows.get(session_id)
-        if follow is None:
-            return
-        if follow.backlog is not None:
-            follow.backlog.append(data)
-            return
-        if not self._apply(session_id, data):
-            # A gap: catch up from the streams, holding what arrives meanwhile.
-            follow.backlog = [data]
-            follow.ready = anyio.Event()
-            assert self._task_group is not None
-            self._task_group.start_soon(self._catch_up_logged, session_id)
-
-    def _apply(self, session_id: str, message: str) -> bool:
-        """Apply one pub/sub message to the mirror; ``False`` on a gap."""
-        head, _, body = message.partition("\n")
-        run_id, first, ts, kinds, start, end = _decode_header(head)
-        mirror = self.mirror
-        if start is not None and mirror.following(run_id) is None:
-            if mirror.is_processing(session_id):
-                return False  # The previous run's complete was missed.
-            mirror.adopt(
-                session_id,
-                owner=start["owner"],
-                run_id=run_id,
-                provider=start.get("provider") or "",
-                started_at=ts,
-                client_msg_id=start.get("client_msg_id") or None,
-                first_seq=first,
-                ord=start.get("ord"),
-            )
-        elif mirror.following(run_id) is None:
-            return False  # A run this mirror never saw start: read it from its stream.
-        if end is not None:
-            self._persist.unread[run_id] = not end.get("watched", False)
-        texts = body.split("\n")
-        for offset, kind in enumerate(kinds):
-            text = texts[offset]
-            if not mirror.ingest(run_id, first + offset, kind, ts, _decode_data(text), text):
-                return False
-        return True
-
-    async def _catch_up_logged(self, session_id: str) -> None:
-        """Catch a session up, retrying with backoff while Redis cannot be reached (what
-        pub/sub delivers meanwhile waits in the backlog)."""
-        backoff = _FIRST_BACKOFF
-        while session_id in self._follows:
-            try:
-                await self._catch_up(session_id)
-                return
-            except EngineUnavailable as exc:
-                log.warning("catching up session %s failed (%s); retrying", session_id, exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-
-    async def _catch_up_all(self) -> None:
-        """After a pub/sub reconnect: what was published meanwhile is only in the streams."""
-        for follow in list(self._follows.values()):
-            if follow.backlog is None:
-                follow.backlog = []
-                follow.ready = anyio.Event()
-        for session_id in list(self._follows):
-            await self._catch_up_logged(session_id)
-
-    async def _catch_up(self, session_id: str) -> None:
-        """Bring the mirror of a followed session up to the streams, then apply what pub/sub
-        delivered meanwhile; repeats while those leave a gap."""
-        follow = self._follows.get(session_id)
-        while follow is not None and follow.backlog is not None:
-            await self._read_streams(session_id)
-            backlog, follow.backlog = follow.backlog, None
-            for message in backlog:
-                if follow.backlog is not None:
-                    follow.backlog.append(message)
-                elif not self._apply(session_id, message):
-                    follow.backlog = [message]
-        if follow is not None:
-            follow.ready.set()
-
-    async def _read_streams(self, session_id: str) -> None:
-        engine = self.engine
-        mirror = self.mirror
-        run_ids = await engine.session_runs(session_id)
-        held = mirror.session_runs(session_id)
-        for run_id in held:
-            gone = mirror.is_processing(session_id) and run_id not in run_ids
-            if gone and await engine.run(run_id) is None:
-                # Redis lost it (restarted empty): its driver ends it (RESTORE).
-                owned = self._owned.get(run_id)
-                if owned is not None:
-                    await self._vanished(owned)
-                self._lost(session_id, f"run {run_id} is gone from Redis")
-                held = []
-                break
-        if held and held[-1] in run_ids:
-            run_ids = run_ids[run_ids.index(held[-1]) :]
-        for run_id in run_ids:
-            if not await self._read_run(session_id, run_id):
-                return
-
-    async def _read_run(self, session_id: str, run_id: str) -> bool:
-        """Bring one run of the session up to its stream (adopting it if new); ``False``
-        when the mirror had to drop the session."""
-        engine = self.engine
-        mirror = self.mirror
-        last = mirror.following(run_id)
-        if last is None:
-            fields = await engine.run(run_id)
-            if fields is None or fields.get("status") == "queued":
-                return True
-            if mirror.is_processing(session_id):
-                self._lost(session_id, "a run ended with no trace of its end")
-                return False
-            events = await engine.events(run_id, 0, limit=_PAGE)
-            first = events[0].seq if events else int(fields["last_seq"]) + 1
-            mirror.adopt(
-                session_id,
-                owner=fields["owner"],
-                run_id=run_id,
-                provider=fields.get("provider", ""),
-                started_at=int(fields.get("started_at") or 0),
-                client_msg_id=fields.get("client_msg_id") or None,
-                first_seq=first,
-                ord=int(fields["ord"]) if fields.get("ord") else None,
-            )
-            last = first - 1
         else:
-            events = await engine.events(run_id, last, limit=_PAGE)
-        while events:
-            if events[0].seq != last + 1:
-                self._lost(session_id, f"run {run_id} lost seqs {last + 1}..{events[0].seq - 1}")
-                return False
-            self._ingest(run_id, events)
-            last = events[-1].seq
-            events = await engine.events(run_id, last, limit=_PAGE)
-        return True
+            self.follower.on_message(channel, data)
 
-    def _ingest(self, run_id: str, events: list[StoredEvent]) -> None:
-        for event in events:
-            self.mirror.ingest(
-                run_id, event.seq, event.kind, event.ts, _decode_data(event.data), event.data
-            )
-
-    def _lost(self, session_id: str, why: str) -> None:
-        """Events Redis no longer has: the session's subscribers resubscribe (and get what
-        the log has); what this process should have written is reported lost."""
-        log.error("session %s: %s; its subscribers must resubscribe", session_id, why)
-        for run_id in self.mirror.session_runs(session_id):
-            if run_id in self._persist.owned:
-                log.error("run %s: events not yet written to the database are lost", run_id)
-        self.mirror.drop_session(session_id)
+    async def _lost_run(self, run_id: str) -> None:
+        owned = self._owned.get(run_id)
+        if owned is not None:
+            await self._vanished(owned)
 
     # Notices ---------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ class Upkeep:
                     next_reap = now + self._reap_every
                     await self._reap()
                 self._cluster.settle_ready()
-                await self._report_settled()
+                await self.report_settled()
                 await self.sync_watch()
                 await self._unfollow_idle()
             except EngineUnavailable as exc:
@@ -76,7 +76,8 @@ class Upkeep:
         for run_id in await self._engine.renew(self._cluster.leases()):
             await self._cluster.lease_lost(run_id)
 
-    async def _report_settled(self) -> None:
+    async def report_settled(self) -> None:
+        """Tell Redis which ended runs of ours are written."""
         if self._settled:
             settled, self._settled = self._settled, []
             try:
