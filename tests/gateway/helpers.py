@@ -276,6 +276,17 @@ class Client:
         self.backlog: list[dict[str, Any]] = []
         self.raw_messages: list[str] = []
 
+    @classmethod
+    @asynccontextmanager
+    async def connected(cls, url: str, **options: Any) -> AsyncIterator[Client]:
+        """A client of the server at ``url`` (``ws://host:port/ws?token=...``), closed when
+        the block ends."""
+        client = cls(await connect(url, **options))
+        try:
+            yield client
+        finally:
+            await client.close()
+
     async def close(self) -> None:
         """Close gracefully, reading meanwhile so the server's close frame gets through
         (a client whose message queue is full stops reading its socket)."""
