@@ -11,7 +11,8 @@ Keys, for prefix ``P``:
 - ``P:run:RUN`` hash: session_id, owner, provider, status (queued, running, completed),
   proc (the process that accepted the send and drives the run), client_msg_id, um (the
   user message's data until the run starts), started_at, ord, last_seq, completed_at,
-  outcome. Expires ``ttl`` seconds after the run completes.
+  outcome, watched (whether any process had the session subscribed when it ended).
+  Expires ``ttl`` seconds after the run completes.
 - ``P:ev:RUN`` stream: one entry per event, id ``0-SEQ``, fields ``k`` kind, ``t`` ts,
   ``d`` data as JSON text; capped (approximately) at the replay buffer's size; expires
   with its run.
@@ -112,6 +113,8 @@ local function finish(P, run_id, ts, data, outcome, ttl, maxlen, lease_ms, start
   redis.call('HDEL', P .. ':running', run_id)
   redis.call('SREM', P .. ':urun:' .. f[3], run_id)
   local watching = watchers(P, sid)
+  -- Kept for whoever writes the run's end to the database (has_unread).
+  redis.call('HSET', rk, 'watched', watching > 0 and '1' or '0')
   redis.call('PUBLISH', P .. ':live:' .. sid,
     cjson.encode({run_id, seq, tonumber(ts), {'complete'}, cjson.null,
       {watched = watching > 0}}) .. '\\n' .. data)
@@ -357,6 +360,12 @@ for _, run_id in ipairs(redis.call('LRANGE', P .. ':queue:' .. sid, 0, -1)) do
   ended[#ended + 1] = run_id
 end
 end_queued(P, sid, ts, data, 'aborted', ttl, maxlen, lease_ms)
+-- Its runs leave the owner's listings at once (their hashes expire with the TTL: a process
+-- still writing one's end reads it until then).
+for _, run_id in ipairs(redis.call('LRANGE', P .. ':sruns:' .. sid, 0, -1)) do
+  redis.call('ZREM', P .. ':uall:' .. owner, run_id)
+  redis.call('SREM', P .. ':urun:' .. owner, run_id)
+end
 for _, key in ipairs({'ses', 'msg', 'queue', 'watch', 'sruns', 'lease'}) do
   redis.call('DEL', P .. ':' .. key .. ':' .. sid)
 end

@@ -150,8 +150,7 @@ class Upkeep:
                 store.append(_event(summary.session_id, run_id, event))
             last = events[-1].seq
         if summary.status == "completed" and (stored is None or stored.status != "completed"):
-            # Nobody was subscribed across the crash as far as this process can tell.
-            store.run_completed(summary, unread=True)
+            store.run_completed(summary, unread=fields.get("watched") != "1")
         await store.flush()
         await engine.settled([run_id])
 
