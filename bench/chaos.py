@@ -75,12 +75,14 @@ class Violations:
 
 
 class ServerProcess:
-    """``runwire serve`` as a child process, with one token per user in ``users``."""
+    """``runwire serve`` as a child process, with one token per user in ``users``; its
+    stderr (the server's log) is appended to the file ``log``, or discarded."""
 
-    def __init__(self, db: str, users: Iterable[str], *flags: str) -> None:
+    def __init__(self, db: str, users: Iterable[str], *flags: str, log: str | None = None) -> None:
         self.db = db
         self.users = list(users)
         self.flags = flags
+        self.log = log
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
 
@@ -101,12 +103,19 @@ class ServerProcess:
         cmd += ["--db", self.db, *self.flags]
         for user in self.users:
             cmd += ["--token", f"{token(user)}:{user}"]
-        process = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "RUNWIRE_TOKENS": ""},
-        )
+        stderr = asyncio.subprocess.DEVNULL
+        if self.log is not None:
+            stderr = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                env={**os.environ, "RUNWIRE_TOKENS": ""},
+            )
+        finally:
+            if self.log is not None:
+                os.close(stderr)  # the child has its own copy
         self.process = process
         assert process.stdout is not None
         async with asyncio.timeout(PATIENCE):

@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,8 @@ class Frame(msgspec.Struct):
     ts: int = 0
     id: int | str | None = None
     last_seq: int = 0
+    code: str = ""
+    message: str = ""
 
 
 _decode = msgspec.json.Decoder(list[Frame] | Frame).decode
@@ -154,7 +156,9 @@ async def request(ws: ClientConnection, frame: dict[str, Any]) -> Frame:
         for reply in decoded if isinstance(decoded, list) else (decoded,):
             if reply.id == "r":
                 if reply.type == "error":
-                    raise RuntimeError(f"request {frame['type']} failed")
+                    raise RuntimeError(
+                        f"request {frame['type']} failed: {reply.code} {reply.message}"
+                    )
                 return reply
 
 
@@ -184,12 +188,28 @@ async def open_clients(server: Server, count: int, *, batch: bool) -> list[Clien
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def _close(sockets: list[ClientConnection]) -> None:
+async def open_spread(
+    servers: Sequence[Server], count: int, *, batch: bool
+) -> list[ClientConnection]:
+    """``count`` connections spread evenly over ``servers`` (the first ones get one more
+    when it does not divide)."""
+    share, extra = divmod(count, len(servers))
+    groups = await asyncio.gather(
+        *(
+            open_clients(server, share + (index < extra), batch=batch)
+            for index, server in enumerate(servers)
+        )
+    )
+    return [ws for group in groups for ws in group]
+
+
+async def close_all(sockets: list[ClientConnection]) -> None:
+    """Close every socket, ignoring those already gone."""
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
 async def follow_runs(
-    server: Server,
+    servers: Sequence[Server],
     *,
     chunks: int,
     delay_ms: float,
@@ -201,37 +221,43 @@ async def follow_runs(
     """``sessions`` fresh sessions, each followed live by every one of ``subscribers``
     connections; then one echo run in each, all at once.
 
-    Returns the subscribers and the seconds from the first send to the last subscriber's
-    last ``complete``.
+    The connections are spread evenly over ``servers`` (several processes of one
+    deployment), and session ``i``'s run is sent through ``servers[i % len(servers)]``,
+    which drives it. Returns the subscribers and the seconds from the first send to the
+    last subscriber's last ``complete``.
     """
-    session_ids = [await new_session(server) for _ in range(sessions)]
-    sockets = await open_clients(server, subscribers, batch=batch)
+    session_ids = [await new_session(servers[0]) for _ in range(sessions)]
+    sockets = await open_spread(servers, subscribers, batch=batch)
     subs = [Subscriber(ws, runs=sessions, latencies=[] if latencies else None) for ws in sockets]
     for sub in subs:
         for session_id in session_ids:
             await request(sub.ws, {"type": "subscribe", "session_id": session_id})
     readers = [asyncio.create_task(sub.consume()) for sub in subs]
-    control = await connect(server.url(batch=False), compression=None, max_size=None)
+    controls = [
+        await connect(server.url(batch=False), compression=None, max_size=None)
+        for server in servers[:sessions]
+    ]
     started = time.perf_counter()
-    for session_id in session_ids:
+    for index, session_id in enumerate(session_ids):
         options = echo(chunks, delay_ms)
         await request(
-            control, {"type": "send", "session_id": session_id, "content": "go", "options": options}
+            controls[index % len(controls)],
+            {"type": "send", "session_id": session_id, "content": "go", "options": options},
         )
     await asyncio.gather(*readers)
     elapsed = max(sub.done_at for sub in subs) - started
     for sub in subs:
         assert sub.events == sessions * (chunks + 3), "every subscriber gets every event"
-    await _close([*sockets, control])
+    await close_all([*sockets, *controls])
     return subs, elapsed
 
 
 async def throughput(
-    server: Server, *, chunks: int, batch: bool, subscribers: int
+    servers: Sequence[Server], *, chunks: int, batch: bool, subscribers: int
 ) -> dict[str, Any]:
     """Events/s of one run (``delay_ms`` 0), counted until every subscriber has all."""
     subs, elapsed = await follow_runs(
-        server, chunks=chunks, delay_ms=0, batch=batch, subscribers=subscribers
+        servers, chunks=chunks, delay_ms=0, batch=batch, subscribers=subscribers
     )
     events = subs[0].events
     return {
@@ -243,22 +269,32 @@ async def throughput(
     }
 
 
-async def paced_delay(server: Server, *, rate: float, sessions: int, subscribers: int) -> float:
+async def paced_delay(
+    servers: Sequence[Server],
+    *,
+    rate: float,
+    sessions: int,
+    subscribers: int,
+    trial: float = 1.0,
+) -> tuple[float, float]:
     """The echo ``delay_ms`` that makes ``sessions`` runs together publish about ``rate``
-    events/s with ``subscribers`` connections following them.
+    events/s with ``subscribers`` connections following them, and the rate its trial
+    reached.
 
     The delay is a sleep between chunks (sleeps are rounded up to whole milliseconds by
-    the event loop, and each chunk costs time of its own), so it is found by trial: short
-    runs under the same load, scaled by measured over wanted rate until within 5 %. The
-    correction is a ratio, not a difference, so a machine that cannot reach ``rate`` ends
-    with a small delay rather than none (a flood, which would measure queueing, not
-    latency); the reported ``events_per_s`` tells what was reached.
+    the event loop, and each chunk costs time of its own), so it is found by trial: runs of
+    about ``trial`` seconds under the same load, scaled by measured over wanted rate until
+    within 5 %. The correction is a ratio, not a difference, so a machine that cannot reach
+    ``rate`` ends with a small delay rather than none (a flood, which would measure
+    queueing, not latency); trials stop once a shorter delay no longer raises the rate
+    (the machine is saturated). The reported ``events_per_s`` tells what was reached.
     """
     delay_ms = 1000 * sessions / rate
+    previous = measured = 0.0
     for _ in range(5):
-        chunks = int(rate / sessions)
+        chunks = max(1, int(rate * trial / sessions))
         subs, _ = await follow_runs(
-            server,
+            servers,
             chunks=chunks,
             delay_ms=delay_ms,
             batch=True,
@@ -267,26 +303,38 @@ async def paced_delay(server: Server, *, rate: float, sessions: int, subscribers
         )
         received = subs[0]
         measured = received.events / (received.done_at - received.first_at)
-        if abs(measured - rate) <= rate * 0.05:
+        close = abs(measured - rate) <= rate * 0.05
+        saturated = measured < rate and measured <= previous * 1.05
+        if close or saturated:
             break
+        previous = measured
         delay_ms *= measured / rate
-    return delay_ms
+    return delay_ms, measured
 
 
 async def latency(
-    server: Server, *, subscribers: int, seconds: float, rate: float, sessions: int = 4
+    servers: Sequence[Server],
+    *,
+    subscribers: int,
+    seconds: float,
+    rate: float,
+    sessions: int = 4,
+    trial: float = 1.0,
 ) -> dict[str, Any]:
     """Publish-to-receipt latency with ``subscribers`` connections receiving about ``rate``
     events/s in all (from ``sessions`` concurrent echo runs, since one echo run cannot be
-    paced finely: its delay is a sleep between chunks).
+    paced finely: its delay is a sleep between chunks), for about ``seconds`` after
+    ``trial``-second runs that find the pace (see :func:`paced_delay`).
 
     Latency is the client's receive time minus the event's ``ts`` (set when the registry
     published it; whole milliseconds, so on average 0.5 ms too high).
     """
-    delay_ms = await paced_delay(server, rate=rate, sessions=sessions, subscribers=subscribers)
-    chunks = int(seconds * rate / sessions)
+    delay_ms, reached = await paced_delay(
+        servers, rate=rate, sessions=sessions, subscribers=subscribers, trial=trial
+    )
+    chunks = max(1, int(seconds * min(rate, reached) / sessions))
     subs, _ = await follow_runs(
-        server,
+        servers,
         chunks=chunks,
         delay_ms=delay_ms,
         batch=True,
@@ -333,7 +381,7 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     await asyncio.gather(*(one(sub) for sub in storm))
     elapsed = time.perf_counter() - started
     assert all(sub.events == events for sub in storm)
-    await _close([*sockets, control, watcher.ws])
+    await close_all([*sockets, control, watcher.ws])
     return {"value": round(elapsed, 3), "clients": clients, "events": events}
 
 
@@ -346,13 +394,13 @@ async def main(quick: bool) -> None:
     big = int(100_000 * scale)
     with tempfile.TemporaryDirectory() as directory:
         async with run_server(directory) as server:
-            result = await throughput(server, chunks=big, batch=True, subscribers=1)
+            result = await throughput([server], chunks=big, batch=True, subscribers=1)
             emit(
                 "ws_events_per_s_1_sub_batched", "events/s", target=">=200000", batch=True, **result
             )
-            result = await throughput(server, chunks=big, batch=False, subscribers=1)
+            result = await throughput([server], chunks=big, batch=False, subscribers=1)
             emit("ws_events_per_s_1_sub", "events/s", target=">=40000", batch=False, **result)
-            result = await throughput(server, chunks=big // 4, batch=True, subscribers=100)
+            result = await throughput([server], chunks=big // 4, batch=True, subscribers=100)
             emit(
                 "ws_fanout_100_subs_events_per_s",
                 "events/s",
@@ -360,7 +408,7 @@ async def main(quick: bool) -> None:
                 batch=True,
                 **result,
             )
-            result = await latency(server, subscribers=100, seconds=10 * scale, rate=1000)
+            result = await latency([server], subscribers=100, seconds=10 * scale, rate=1000)
             emit("ws_latency_p99_ms", "ms", target="<=25", batch=True, **result)
             result = await reconnect_storm(server, clients=500, events=1000)
             emit("reconnect_storm_s", "s", target="<=5", batch=True, **result)
