@@ -132,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         default=defaults.db,
-        help="SQLite database file, for one process (default %(default)s)",
+        help="SQLite database file of a single process; not used with --database "
+        "(default %(default)s)",
     )
     serve.add_argument(
         "--redis",
         metavar="URL",
-        help="several processes: the Redis server that keeps live runs (redis://host:6379/0); "
+        help="several processes: the Redis server that keeps live runs and numbers their "
+        "events (redis://host:6379/0, rediss:// or unix://; one server, not Redis Cluster); "
         "needs --database",
     )
     serve.add_argument(
@@ -150,15 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-prefix",
         default=defaults.redis_prefix,
         metavar="PREFIX",
-        help="several processes: the prefix of every Redis key, so deployments can share "
-        "one Redis (default %(default)s)",
+        help="several processes: the prefix of every Redis key and channel, so several "
+        "deployments can share one Redis (default %(default)s)",
     )
     serve.add_argument(
         "--lease",
         type=_seconds,
         default=defaults.lease,
-        help="several processes: seconds after which a dead process's runs are ended by "
-        "another (default %(default)s)",
+        metavar="SECONDS",
+        help="several processes: how long a run's lease lasts unless the process driving it "
+        "renews it; when that process dies, another ends its runs with server_restart "
+        "within about this long (default %(default)s)",
     )
     serve.add_argument(
         "--provider",
@@ -188,13 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--buffer-size",
         type=_positive_int,
         default=defaults.buffer_size,
-        help="events kept in memory per run for replay (default %(default)s)",
+        help="events kept in memory per run for replay; with several processes also "
+        "about the length of each run's event stream in Redis (default %(default)s)",
     )
     serve.add_argument(
         "--run-ttl",
         type=_seconds,
         default=defaults.run_ttl,
-        help="seconds a completed run stays in memory (default %(default)s)",
+        help="seconds a completed run stays in memory, and with several processes in Redis "
+        "(default %(default)s)",
     )
     serve.add_argument(
         "--queue-limit",
@@ -226,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-rate",
         type=_rate,
         default=defaults.send_rate,
-        help="sends per second each user may make, on average; faster ones get RATE_LIMITED "
-        "(default %(default)s)",
+        help="sends per second each user may make, on average, counted by each process; "
+        "faster ones get RATE_LIMITED (default %(default)s)",
     )
     serve.add_argument(
         "--send-burst",
