@@ -81,6 +81,13 @@ class RedisServer:
             _stop(self._process)
             self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL: Redis writes nothing more (a restart loads its last snapshot, if any)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
 
 @contextlib.contextmanager
 def redis_server(*, persistent: bool = False) -> Iterator[str]:

@@ -45,6 +45,7 @@ class Driver:
         pace_ahead: int,
         closing: Callable[[], bool],
         gone: Callable[[Owned], Awaitable[None]],
+        held: Callable[[str], int],
     ) -> None:
         self._engine = engine
         self._store = store
@@ -54,6 +55,8 @@ class Driver:
         # Told when Redis answers that a run of ours is not running (ended elsewhere, or
         # lost with Redis's state).
         self._gone = gone
+        # The highest seq of a run this process's mirror holds.
+        self._held = held
         self._encode = msgspec.json.Encoder().encode
         self.dropped = 0
 
@@ -109,10 +112,25 @@ class Driver:
     async def _append(self, owned: Owned, kinds: list[str], texts: list[str]) -> bool:
         """Append a batch; ``False`` when the run is no longer running."""
         ts = to_ms(self._clock.now())
-        first, _ = await self._retry(
+        first, _, skipped = await self._retry(
             f"appending to run {owned.run_id}",
-            lambda: self._engine.append(owned.run_id, owned.session_id, ts, kinds, texts),
+            lambda: self._engine.append(
+                owned.run_id,
+                owned.session_id,
+                ts,
+                kinds,
+                texts,
+                min_seq=self._handed_out(owned),
+            ),
         )
+        if skipped:
+            log.warning(
+                "run %s: Redis came back without its seqs %d..%d (older data); numbering "
+                "goes on after them (they were delivered and are written from here)",
+                owned.run_id,
+                first - skipped,
+                first - 1,
+            )
         if first == 0:
             self.dropped += len(kinds)
             await self._gone(owned)
@@ -137,7 +155,9 @@ class Driver:
         text = self._encode(data).decode()
         seq = await self._retry(
             f"ending run {owned.run_id}",
-            lambda: self._engine.finish(owned.run_id, ts, text, str(data["reason"])),
+            lambda: self._engine.finish(
+                owned.run_id, ts, text, str(data["reason"]), min_seq=self._handed_out(owned)
+            ),
         )
         if seq == 0:
             self.dropped += 1
@@ -145,6 +165,10 @@ class Driver:
         else:
             owned.last_appended = seq
         return seq
+
+    def _handed_out(self, owned: Owned) -> int:
+        """The highest seq of the run known here to have been handed out."""
+        return max(owned.last_appended, self._held(owned.run_id))
 
     async def _pace(self, owned: Owned) -> None:
         """Hold a source that got half a buffer ahead of the database until it is a

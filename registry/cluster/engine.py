@@ -141,34 +141,57 @@ class Engine:
         return status, found
 
     async def append(
-        self, run_id: str, session_id: str, ts: int, kinds: Sequence[str], data: Sequence[str]
-    ) -> tuple[int, str]:
+        self,
+        run_id: str,
+        session_id: str,
+        ts: int,
+        kinds: Sequence[str],
+        data: Sequence[str],
+        *,
+        min_seq: int = 0,
+    ) -> tuple[int, str, int]:
         """Append a batch to the run (``run_id`` ``""``: the session's running run); the
-        first seq and the run, or ``(0, "")`` when it is not running."""
-        first, found = await self._run(
+        first seq, the run, and how many seqs Redis had forgotten and were skipped (it came
+        back with older data: numbering goes on after ``min_seq``, the highest seq the caller
+        knows was handed out). ``(0, "", 0)`` when the run is not running."""
+        first, found, skipped = await self._run(
             "APPEND",
             run_id,
             session_id,
             ts,
             self.timing.maxlen,
+            min_seq,
             msgspec.json.encode(list(kinds)).decode(),
             *data,
         )
-        return int(first), found
+        return int(first), found, int(skipped)
 
-    async def finish(self, run_id: str, ts: int, data: str, outcome: str) -> int:
+    async def finish(
+        self, run_id: str, ts: int, data: str, outcome: str, *, min_seq: int = 0
+    ) -> int:
         """End a running run (and start the session's next queued one); the complete's seq,
-        or 0 when it was not running."""
+        or 0 when it was not running. The seq is past ``min_seq`` (see :meth:`append`)."""
         t = self.timing
         return int(
-            await self._run("FINISH", run_id, ts, data, outcome, t.ttl, t.maxlen, t.lease_ms)
+            await self._run(
+                "FINISH", run_id, ts, data, outcome, t.ttl, t.maxlen, t.lease_ms, min_seq
+            )
         )
 
     async def abort(
-        self, session_id: str, ts: int, data: str, outcome: str, *, clear_queue: bool
+        self,
+        session_id: str,
+        ts: int,
+        data: str,
+        outcome: str,
+        *,
+        clear_queue: bool,
+        known: tuple[str, int] | None = None,
     ) -> tuple[str, int] | None:
-        """End the session's running run; ``(run_id, last_seq)`` or ``None``."""
+        """End the session's running run; ``(run_id, last_seq)`` or ``None``. ``known``:
+        the running run and the highest seq of it the caller holds (see :meth:`append`)."""
         t = self.timing
+        run_id, min_seq = known if known is not None else ("", 0)
         found = await self._run(
             "ABORT",
             session_id,
@@ -179,14 +202,18 @@ class Engine:
             t.maxlen,
             t.lease_ms,
             "1" if clear_queue else "0",
+            run_id,
+            min_seq,
         )
         return (found[0], int(found[1])) if found else None
 
-    async def reap(self, run_id: str, ts: int, data: str) -> int:
+    async def reap(self, run_id: str, ts: int, data: str, *, min_seq: int = 0) -> int:
         """End a run whose lease is gone; its complete's seq, or 0."""
         t = self.timing
         return int(
-            await self._run("REAP", run_id, ts, data, t.ttl, t.maxlen, t.lease_ms, self.proc)
+            await self._run(
+                "REAP", run_id, ts, data, t.ttl, t.maxlen, t.lease_ms, self.proc, min_seq
+            )
         )
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> list[str]:

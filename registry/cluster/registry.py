@@ -63,6 +63,8 @@ from .upkeep import Upkeep
 log = logging.getLogger("runwire.cluster")
 
 _POLICIES = frozenset(("reject", "enqueue", "interrupt"))
+# Longest wait for Redis to answer a command or take a connection (seconds).
+REDIS_TIMEOUT = 5.0
 # How often a deletion looks whether the runs it ended are written (seconds).
 SETTLE_POLL = 0.02
 _decode_notice = msgspec.json.Decoder(dict[str, Any]).decode
@@ -122,11 +124,21 @@ class ClusterRegistry:
     # Lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> ClusterRegistry:
-        client = redis.Redis.from_url(self._redis_url, decode_responses=True)
+        # Every command is bounded: a Redis that hangs is an outage, not a stuck process.
+        client = redis.Redis.from_url(
+            self._redis_url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+        )
         # The pub/sub connection never reconnects behind our back: a reconnect must be seen,
-        # to catch up what was published meanwhile.
+        # to catch up what was published meanwhile. (Its blocking read waits without limit.)
         listener = redis.Redis.from_url(
-            self._redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0)
+            self._redis_url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
         )
         self._clients = [client, listener]
         engine = self._engine = Engine(
@@ -139,6 +151,7 @@ class ClusterRegistry:
             pace_ahead=max(1, self.mirror.buffer_size // 2),
             closing=lambda: self._closing,
             gone=self.check_gone,
+            held=lambda run_id: self.mirror.following(run_id) or 0,
         )
         live = self._live = Live(
             listener,
@@ -151,7 +164,7 @@ class ClusterRegistry:
             live,
             self.mirror,
             self._persist,
-            spawn=self._spawn,
+            spawn=self.spawn,
             lost_run=self._lost_run,
         )
         self._upkeep = Upkeep(self, engine, self._store)
@@ -199,9 +212,10 @@ class ClusterRegistry:
             await client.aclose()
         self._clients = []
 
-    def _spawn(self, fn: Callable[[str], Coroutine[Any, Any, None]], session_id: str) -> None:
+    def spawn(self, fn: Callable[[str], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run ``fn(name)`` in a task of the registry's own."""
         if self._task_group is not None:
-            self._task_group.start_soon(fn, session_id)
+            self._task_group.start_soon(fn, name)
 
     async def _catch_up_all(self) -> None:
         await self.follower.catch_up_all()
@@ -366,9 +380,14 @@ class ClusterRegistry:
         if kind in (COMPLETE, USER_MESSAGE):
             raise ValueError(f"{kind} events are the registry's own")
         ts = to_ms(self._clock.now())
-        first, run_id = await self.engine.append(
-            "", session_id, ts, [kind], [_encode(data).decode()]
+        text = _encode(data).decode()
+        running, held = self._known_running(session_id)
+        first, run_id, _ = await self.engine.append(
+            running, session_id, ts, [kind], [text], min_seq=held
         )
+        if first == 0 and running:
+            # The mirror is behind (that run ended): whichever run runs now.
+            first, run_id, _ = await self.engine.append("", session_id, ts, [kind], [text])
         if first == 0:
             return None
         return Event(session_id, run_id, first, kind, ts, data)
@@ -379,17 +398,27 @@ class ClusterRegistry:
         """End the session's running run wherever it is driven (its driver stops when it
         hears of the ``complete``)."""
         ts = to_ms(self._clock.now())
+        running, held = self._known_running(session_id)
         ended = await self.engine.abort(
             session_id,
             ts,
             self._complete_text(session_id, reason),
             reason,
             clear_queue=clear_queue,
+            known=(running, held) if running else None,
         )
         if ended is None:
             return None
         run_id, _ = ended
         return await self.get_run(run_id)
+
+    def _known_running(self, session_id: str) -> tuple[str, int]:
+        """The session's running run as this process's mirror holds it, and its last seq
+        here (``("", 0)`` when none): the floor below which Redis must not number again."""
+        run_id = self.mirror.running_run_id(session_id)
+        if run_id is None:
+            return "", 0
+        return run_id, self.mirror.following(run_id) or 0
 
     async def forget_session(self, session_id: str, *, owner: str) -> None:
         """End the session's runs and drop its state in Redis; every process (this one

@@ -94,12 +94,13 @@ local function begin(P, run_id, ts, lease_ms, maxlen)
   notice(P, 'run_started', rk, run_id, watchers(P, sid))
 end
 
-local function finish(P, run_id, ts, data, outcome, ttl, maxlen, lease_ms, start_next)
+local function finish(P, run_id, ts, data, outcome, ttl, maxlen, lease_ms, start_next,
+    min_seq)
   local rk = P .. ':run:' .. run_id
   local f = redis.call('HMGET', rk, 'status', 'session_id', 'owner', 'last_seq')
   if f[1] ~= 'running' then return 0 end
   local sid = f[2]
-  local seq = tonumber(f[4]) + 1
+  local seq = math.max(tonumber(f[4]), tonumber(min_seq) or 0) + 1
   local ek = P .. ':ev:' .. run_id
   redis.call('XADD', ek, 'MAXLEN', '~', maxlen, '0-' .. seq, 'k', 'complete', 't', ts, 'd', data)
   redis.call('HSET', rk, 'status', 'completed', 'outcome', outcome, 'completed_at', ts,
@@ -194,48 +195,56 @@ return {'started', run_id}
 )
 
 APPEND = """
--- ARGV: P, run_id ('' for the session's running run), session_id, ts, maxlen, kinds (a
---   JSON array), data...
--- Returns {first seq of the batch, run id}, or {0, ''} when the run is not running.
+-- ARGV: P, run_id ('' for the session's running run), session_id, ts, maxlen, min_seq,
+--   kinds (a JSON array), data...
+-- ``min_seq`` is the highest seq of the run the caller knows was handed out: a Redis that
+-- came back with older data (a snapshot) would number from below it again, reusing seqs
+-- clients saw; numbering continues after it instead.
+-- Returns {first seq of the batch, run id, seqs skipped}, or {0, '', 0} when the run is not
+-- running.
 local P, run_id, sid, ts, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if run_id == '' then
   run_id = redis.call('HGET', P .. ':ses:' .. sid, 'running')
-  if not run_id then return {0, ''} end
+  if not run_id then return {0, '', 0} end
 end
 local rk = P .. ':run:' .. run_id
 local f = redis.call('HMGET', rk, 'status', 'session_id', 'last_seq')
-if f[1] ~= 'running' then return {0, ''} end
+if f[1] ~= 'running' then return {0, '', 0} end
 local ek = P .. ':ev:' .. run_id
-local kinds = cjson.decode(ARGV[6])
-local seq = tonumber(f[3])
+local kinds = cjson.decode(ARGV[7])
+local held = tonumber(f[3])
+local seq = math.max(held, tonumber(ARGV[6]))
 local first = seq + 1
 for i = 1, #kinds do
   seq = seq + 1
   redis.call('XADD', ek, 'MAXLEN', '~', maxlen, '0-' .. seq,
-    'k', kinds[i], 't', ts, 'd', ARGV[6 + i])
+    'k', kinds[i], 't', ts, 'd', ARGV[7 + i])
 end
 redis.call('HSET', rk, 'last_seq', seq)
 redis.call('PUBLISH', P .. ':live:' .. f[2],
   cjson.encode({run_id, first, tonumber(ts), kinds, cjson.null, cjson.null}) .. '\\n'
-    .. table.concat(ARGV, '\\n', 7))
-return {first, run_id}
+    .. table.concat(ARGV, '\\n', 8))
+return {first, run_id, first - held - 1}
 """
 
 FINISH = (
     _LIB
     + """
--- ARGV: P, run_id, ts, data, outcome, ttl, maxlen, lease_ms
+-- ARGV: P, run_id, ts, data, outcome, ttl, maxlen, lease_ms, min_seq (as for APPEND)
 -- Ends a running run and starts the session's next queued run. Returns the complete's
 -- seq, or 0 when the run is not running.
 local P = ARGV[1]
-return finish(P, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], true)
+return finish(P, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], true,
+  ARGV[9])
 """
 )
 
 ABORT = (
     _LIB
     + """
--- ARGV: P, session_id, ts, data, outcome, ttl, maxlen, lease_ms, clear_queue ('1'/'0')
+-- ARGV: P, session_id, ts, data, outcome, ttl, maxlen, lease_ms, clear_queue ('1'/'0'),
+--   run_id, min_seq (the running run as the caller knows it, and as for APPEND; '' and 0
+--   when it does not)
 -- Ends the session's running run (and, with clear_queue, each queued run at once, with the
 -- same outcome). Returns {run_id, last_seq}, or {} when nothing was running.
 local P, sid, ts, data, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -244,7 +253,8 @@ local clear = ARGV[9] == '1'
 local running = redis.call('HGET', P .. ':ses:' .. sid, 'running')
 local seq = 0
 if running then
-  seq = finish(P, running, ts, data, outcome, ttl, maxlen, lease_ms, not clear)
+  local floor = running == ARGV[10] and ARGV[11] or 0
+  seq = finish(P, running, ts, data, outcome, ttl, maxlen, lease_ms, not clear, floor)
 end
 -- Only with nothing running: ending a queued run must not start the next for real.
 if clear then end_queued(P, sid, ts, data, outcome, ttl, maxlen, lease_ms) end
@@ -256,7 +266,7 @@ return {running, seq}
 REAP = (
     _LIB
     + """
--- ARGV: P, run_id, ts, data, ttl, maxlen, lease_ms, proc
+-- ARGV: P, run_id, ts, data, ttl, maxlen, lease_ms, proc, min_seq (as for APPEND)
 -- Ends a running run whose lease is gone (its process died) with ``server_restart``; the
 -- reaping process takes over writing its end. Returns the complete's seq, or 0 when the
 -- run still has its lease or is not running.
@@ -264,7 +274,7 @@ local P, run_id, proc = ARGV[1], ARGV[2], ARGV[8]
 local sid = redis.call('HGET', P .. ':run:' .. run_id, 'session_id')
 if not sid or redis.call('GET', P .. ':lease:' .. sid) == run_id then return 0 end
 local seq = finish(P, run_id, ARGV[3], ARGV[4], 'server_restart', ARGV[5], ARGV[6], ARGV[7],
-  true)
+  true, ARGV[9])
 if seq > 0 then redis.call('HSET', P .. ':unsettled', run_id, proc) end
 return seq
 """

@@ -20,6 +20,7 @@ import anyio
 import msgspec
 
 from ..clock import to_ms
+from ..errors import RegistryError
 from ..events import Event, complete_data
 from ..store.base import Store
 from .engine import Engine, EngineUnavailable, StoredEvent, summary_of
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwire.cluster")
 
 _PAGE = 1000
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
 # The timer's tick: settled runs and watch counts go to Redis at least this often.
 _TICK = 0.25
 
@@ -42,6 +45,8 @@ class Upkeep:
         self._engine = engine
         self._store = store
         self._settled: list[str] = []
+        # Runs of dead processes being written here.
+        self._writing: set[str] = set()
         self._watch_sent: dict[str, int] = {}
         lease = cluster.lease
         self._tick = min(_TICK, lease / 4)
@@ -68,7 +73,8 @@ class Upkeep:
                 await self.report_settled()
                 await self.sync_watch()
                 await self._unfollow_idle()
-            except EngineUnavailable as exc:
+            except RegistryError as exc:
+                # An engine away (Redis, the database): the next tick tries again.
                 log.warning("cluster upkeep: %s", exc)
             await anyio.sleep(self._tick)
 
@@ -110,11 +116,33 @@ class Upkeep:
         for run_id, session_id in orphans:
             ts = to_ms(self._cluster.clock.now())
             data = complete_data(session_id, reason="server_restart", exit_code=1)
-            if await engine.reap(run_id, ts, msgspec.json.encode(data).decode()):
+            held = self._cluster.mirror.following(run_id) or 0
+            if await engine.reap(run_id, ts, msgspec.json.encode(data).decode(), min_seq=held):
                 log.warning("run %s lost its process: ended with server_restart", run_id)
                 claimed.append(run_id)
         for run_id in claimed:
-            await self.write_rest(run_id)
+            self._take_over(run_id)
+
+    def _take_over(self, run_id: str) -> None:
+        """Write a dead process's run in a task of its own, retried until it is written:
+        waiting for the database must not hold up lease renewal."""
+        if run_id not in self._writing:
+            self._writing.add(run_id)
+            self._cluster.spawn(self._write_until_done, run_id)
+
+    async def _write_until_done(self, run_id: str) -> None:
+        backoff = _FIRST_BACKOFF
+        try:
+            while True:
+                try:
+                    await self.write_rest(run_id)
+                    return
+                except RegistryError as exc:
+                    log.warning("writing run %s failed (%s); retrying", run_id, exc)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+        finally:
+            self._writing.discard(run_id)
 
     async def write_rest(self, run_id: str) -> None:
         """Write to the database what it lacks of a run whose process died: its start, the

@@ -4,11 +4,14 @@ stop and start."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
+import redis.asyncio as redis
 
 from registry import Event, Lagged, RunContext, Subscription
 from registry.cluster import EngineUnavailable
@@ -17,25 +20,34 @@ from tests.registry.store.conftest import PostgresDatabase
 from tests.servers import Databases, RedisServer, owned_redis
 
 from .conftest import OWNER, Cluster, eventually
-from .test_runs import WAIT, completed
+from .test_runs import WAIT, child_process, completed
 
 # Long enough that no lease lapses while Redis is away (that is the reaper's case).
 LEASE = 5.0
+# A killed process's runs are taken over after this.
+CHILD_LEASE = 0.6
 
 
 class Gate:
-    """A source of two phases: ``first`` events, then (once opened) ``second`` more."""
+    """A source in phases: ``counts[0]`` events, then ``counts[1]`` more once
+    ``opened[0]`` is set, and so on."""
 
-    def __init__(self, first: int, second: int) -> None:
-        self.first, self.second = first, second
-        self.opened = anyio.Event()
+    def __init__(self, *counts: int) -> None:
+        self.counts = counts
+        self.openings = [anyio.Event() for _ in counts[1:]]
+
+    @property
+    def opened(self) -> anyio.Event:
+        return self.openings[0]
 
     async def source(self, context: RunContext) -> AsyncIterator[Any]:
-        for i in range(self.first):
-            yield ("text_delta", {"text": str(i)})
-        await self.opened.wait()
-        for i in range(self.second):
-            yield ("text_delta", {"text": str(self.first + i)})
+        sent = 0
+        for phase, count in enumerate(self.counts):
+            if phase:
+                await self.openings[phase - 1].wait()
+            for _ in range(count):
+                yield ("text_delta", {"text": str(sent)})
+                sent += 1
 
 
 async def read(sub: Subscription, count: int, got: list[Event]) -> None:
@@ -157,3 +169,91 @@ async def test_a_database_outage_pauses_writing_and_loses_nothing(
             await eventually(lambda: completed(store, started.run_id))
             page, _ = await store.history_page(sid, after=None, limit=100)
             assert [e.seq for e in page] == list(range(1, 53))
+
+
+async def test_a_redis_back_with_older_data_never_numbers_a_seq_twice(
+    empty_redis: RedisServer, database: str
+) -> None:
+    """Redis restarted from a snapshot taken earlier in the run (it has forgotten the last
+    seqs it handed out): numbering goes on after the last seq handed out, so every event
+    is delivered and written once."""
+    cluster = Cluster(empty_redis.url, database)
+    sid = await cluster.session()
+    gate = Gate(20, 10, 10)
+    async with cluster.process(lease=LEASE) as a, cluster.process(lease=LEASE) as b:
+        sub = await b.subscribe(sid, owner=OWNER)
+        started = await a.start(sid, owner=OWNER, content="go", source=gate.source)
+        got: list[Event] = []
+        await read(sub, 21, got)
+        client = redis.Redis(port=empty_redis.port)
+        await client.save()  # the snapshot: the run at seq 21
+        await client.aclose()
+        gate.openings[0].set()
+        await read(sub, 31, got)
+        empty_redis.kill()
+        empty_redis.start()  # back from the snapshot: the run at seq 21 again
+        gate.openings[1].set()
+        await read(sub, 42, got)
+        assert [e.seq for e in got] == list(range(1, 43))
+        assert [e.data.get("text") for e in got[1:41]] == [str(i) for i in range(40)]
+        assert got[-1].data["reason"] == "done"
+        store = cluster.stores[0]
+        await eventually(lambda: completed(store, started.run_id))
+        page, _ = await store.history_page(sid, after=None, limit=100)
+        assert [e.seq for e in page] == list(range(1, 43))
+        assert [e.data.get("text") for e in page[1:41]] == [str(i) for i in range(40)]
+
+
+@contextlib.asynccontextmanager
+async def database_away(db: PostgresDatabase) -> AsyncIterator[None]:
+    """The database takes no connection and every one it had is ended."""
+    admin = await asyncpg.connect(db.admin_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = $1",
+            db.name,
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_taking_over_a_dead_process_run_survives_a_database_outage(
+    redis_url: str, databases: Databases
+) -> None:
+    """A survivor ends a killed process's run while the database is away: the end reaches
+    subscribers at once, and waiting to write it holds up nothing else (the survivor's own
+    run keeps its lease through an outage longer than the lease); it is written once the
+    database is back."""
+    async with databases.fresh() as name:
+        db = PostgresDatabase(databases.url(name), databases.server_url, name)
+        cluster = Cluster(redis_url, db.url)
+        sid, own = await cluster.session(), await cluster.session()
+        async with cluster.process(lease=CHILD_LEASE) as b:
+            sub = await b.subscribe(sid, owner=OWNER)
+            own_sub = await b.subscribe(own, owner=OWNER)
+            gate = Gate(2, 2)
+            async with (
+                child_process(cluster, sid, CHILD_LEASE) as child,
+                database_away(db),
+            ):
+                mine = await b.start(own, owner=OWNER, content="mine", source=gate.source)
+                await child.kill()
+                events: list[Event] = []
+                with anyio.fail_after(WAIT):
+                    while not events or events[-1].kind != "complete":
+                        events.extend(await sub.next_batch())
+                assert events[-1].data["reason"] == "server_restart"
+                # Not a synchronization: the outage must outlast several leases.
+                await anyio.sleep(4 * CHILD_LEASE)
+                gate.opened.set()
+                got: list[Event] = []
+                await read(own_sub, 6, got)
+            assert [(e.run_id, e.seq) for e in got] == [(mine.run_id, s) for s in range(1, 7)]
+            assert got[-1].data["reason"] == "done"
+            store = cluster.stores[0]
+            await eventually(lambda: completed(store, child.run_id))
+            page, _ = await store.history_page(sid, after=None, limit=100)
+            assert [e.seq for e in page] == list(range(1, 43))

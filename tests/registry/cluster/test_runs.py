@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from registry import (
@@ -202,27 +204,52 @@ async def test_a_late_subscriber_replays_past_the_stream_from_the_log(cluster: C
         assert [e.seq for e in events] == list(range(4, 203))
 
 
+class Child(NamedTuple):
+    """A process driving one run (tests/registry/cluster/child.py), to be killed."""
+
+    run_id: str
+    process: Process
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def child_process(cluster: Cluster, session_id: str, lease: float) -> AsyncIterator[Child]:
+    """A process that drives a run of 40 events and then hangs, once they are all in
+    Redis; SIGKILLed at the latest on the way out."""
+    args = [cluster.redis_url, cluster.database_url, cluster.prefix, session_id, "40", str(lease)]
+    process = await anyio.open_process(
+        [sys.executable, "-m", "tests.registry.cluster.child", *args], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(WAIT):
+            reader = BufferedByteReceiveStream(process.stdout)
+            line = (await reader.receive_until(b"\n", 1000)).decode()
+        assert line.startswith("ready "), line
+        child = Child(line.split()[1], process)
+        yield child
+    finally:
+        await Child("", process).kill()
+
+
+async def killed_child(cluster: Cluster, session_id: str, lease: float) -> str:
+    """:func:`child_process`, SIGKILLed at once; the id of the run it drove."""
+    async with child_process(cluster, session_id, lease) as child:
+        await child.kill()
+        return child.run_id
+
+
 async def test_a_killed_processes_run_is_ended_by_a_survivor(cluster: Cluster) -> None:
     """SIGKILL the process driving a run: within the lease a survivor appends the run's one
     complete (server_restart), its subscribers get it, and the log has the whole run."""
     sid = await cluster.session()
     async with cluster.process() as b:
         sub = await b.subscribe(sid, owner=OWNER)
-        args = [cluster.redis_url, cluster.database_url, cluster.prefix, sid, "40", str(LEASE)]
-        child = await anyio.open_process(
-            [sys.executable, "-m", "tests.registry.cluster.child", *args],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            assert child.stdout is not None
-            with anyio.fail_after(WAIT):
-                reader = BufferedByteReceiveStream(child.stdout)
-                line = (await reader.receive_until(b"\n", 1000)).decode()
-            assert line.startswith("ready "), line
-            run_id = line.split()[1]
-        finally:
-            child.kill()
-            await child.wait()
+        run_id = await killed_child(cluster, sid, LEASE)
         events = await until_complete(sub)
         assert [e.seq for e in events] == list(range(1, 43))
         assert events[-1].data["reason"] == "server_restart"
