@@ -236,7 +236,18 @@ class Follower:
             if mirror.is_processing(session_id):
                 self._drop(session_id, "a run ended with no trace of its end")
                 return False
-            events = await engine.events(run_id, 0, limit=_PAGE)
+            events = await self._stream(run_id, 0)
+            # From the stream's last unbroken stretch on: anything older (trimmed, or
+            # forgotten by a Redis back with older data) is the log's to replay.
+            start = next(
+                (
+                    i
+                    for i in range(len(events) - 1, 0, -1)
+                    if events[i].seq != events[i - 1].seq + 1
+                ),
+                0,
+            )
+            events = events[start:]
             first = events[0].seq if events else int(fields["last_seq"]) + 1
             mirror.adopt(
                 session_id,
@@ -248,23 +259,25 @@ class Follower:
                 first_seq=first,
                 ord=int(fields["ord"]) if fields.get("ord") else None,
             )
-            last = first - 1
         else:
-            events = await engine.events(run_id, last, limit=_PAGE)
-        while events:
-            if events[0].seq != last + 1:
-                self._drop(session_id, f"run {run_id} lost seqs {last + 1}..{events[0].seq - 1}")
-                return False
-            self._ingest(run_id, events)
-            last = events[-1].seq
-            events = await engine.events(run_id, last, limit=_PAGE)
-        return True
-
-    def _ingest(self, run_id: str, events: list[StoredEvent]) -> None:
+            events = await self._stream(run_id, last)
         for event in events:
-            self._mirror.ingest(
+            ingested = self._mirror.ingest(
                 run_id, event.seq, event.kind, event.ts, _decode_data(event.data), event.data
             )
+            if not ingested:
+                held = self._mirror.following(run_id)
+                self._drop(session_id, f"run {run_id} lost seqs after {held} from Redis")
+                return False
+        return True
+
+    async def _stream(self, run_id: str, after: int) -> list[StoredEvent]:
+        """The run's stream after seq ``after``, read in pages."""
+        events: list[StoredEvent] = []
+        while page := await self._engine.events(run_id, after, limit=_PAGE):
+            events.extend(page)
+            after = page[-1].seq
+        return events
 
     def _drop(self, session_id: str, why: str) -> None:
         """Events Redis no longer has: the session's subscribers resubscribe (and get what

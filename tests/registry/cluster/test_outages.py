@@ -202,6 +202,17 @@ async def test_a_redis_back_with_older_data_never_numbers_a_seq_twice(
         page, _ = await store.history_page(sid, after=None, limit=100)
         assert [e.seq for e in page] == list(range(1, 43))
         assert [e.data.get("text") for e in page[1:41]] == [str(i) for i in range(40)]
+        # A process that follows the run only now: its stream skips the forgotten seqs,
+        # the log fills them in.
+        async with cluster.process(lease=LEASE) as c:
+            late = await c.subscribe(sid, owner=OWNER, run_id=started.run_id, after_seq=0)
+            assert late.info is not None
+            assert late.info.recovered
+            again: list[Event] = []
+            await read(late, 42, again)
+            assert [(e.seq, e.data.get("text")) for e in again] == [
+                (e.seq, e.data.get("text")) for e in got
+            ]
 
 
 @contextlib.asynccontextmanager
