@@ -210,9 +210,9 @@ async def failover(
         "logged_s": round(statistics.median(r["logged_s"] for r in results), 2),
         "processes": 3,
         "subscribers": SUBSCRIBERS,
-        # The lease is renewed every third of it and survivors look for lapsed ones every
-        # half lease: the end comes between about 2/3 and 3/2 of the lease after the kill.
-        "expected_s": [round(lease * 2 / 3, 2), round(lease * 1.5, 2)],
+        # A lease key lives 0.6 of the lease and is renewed every 0.2; survivors look for
+        # lapsed ones every 0.2: the end comes between 0.4 and 0.8 of the lease after the kill.
+        "expected_s": [round(lease * 0.4, 2), round(lease * 0.8, 2)],
     }
 
 

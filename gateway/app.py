@@ -169,6 +169,7 @@ class Gateway:
                 queue_limit=settings.queue_limit,
                 lease=settings.lease,
                 prefix=settings.redis_prefix,
+                delivery_delay=settings.flush_delay,
             )
         return LocalRegistry(
             MemoryRegistry(

@@ -160,9 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=defaults.lease,
         metavar="SECONDS",
-        help="several processes: how long a run's lease lasts unless the process driving it "
-        "renews it; when that process dies, another ends its runs with server_restart "
-        "within about this long (default %(default)s)",
+        help="several processes: when a process dies, another ends its runs with "
+        "server_restart within this long (default %(default)s)",
     )
     serve.add_argument(
         "--provider",

@@ -39,6 +39,8 @@ class Settings:
     send_buffer: int = 256 * 1024
     # Longest wait of an event for its commit to the log. Subscribers only receive events
     # once they are on disk, so this bounds latency; larger batches commit more cheaply.
+    # With several processes, delivery does not wait for the database but is batched the
+    # same way: this is the longest wait of an event before its subscribers get it.
     flush_delay: float = 0.005
     # Several processes: Redis keeps the live runs and PostgreSQL the store (both, or neither:
     # one process with SQLite at `db`).

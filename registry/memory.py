@@ -607,6 +607,12 @@ class MemoryRegistry:
                 del self._runs[run.run_id]
         state.runs.clear()
 
+    def held_back(self, run_id: str) -> int:
+        """How many events of the run are held here but not yet deliverable (not durable, or
+        for a followed run not yet released)."""
+        run = self._runs.get(run_id)
+        return max(0, run.buffer.last_seq - run.durable) if run is not None else 0
+
     def following(self, run_id: str) -> int | None:
         """The last seq held of a followed (or local) run, or ``None`` when it is not here."""
         run = self._runs.get(run_id)

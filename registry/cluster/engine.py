@@ -38,7 +38,9 @@ class Timing(NamedTuple):
     """What every state change needs besides its own arguments."""
 
     lease_ms: int
-    """How long a run's lease lasts unless its process renews it."""
+    """How long a lease key (and a heartbeat) lives in Redis unless renewed: part of the
+    configured lease, so that renewal, expiry and the reaper's look together stay within
+    it (see :mod:`.upkeep`)."""
     ttl: int
     """Seconds a completed run's state stays in Redis."""
     maxlen: int

@@ -67,6 +67,7 @@ class Follower:
         *,
         spawn: Callable[[Callable[[str], Coroutine[Any, Any, None]], str], None],
         lost_run: Callable[[str], Awaitable[None]],
+        ingested: Callable[[str], None],
     ) -> None:
         self._engine = engine
         self._live = live
@@ -76,6 +77,9 @@ class Follower:
         self._spawn = spawn
         # Told of a running run Redis no longer has, before its subscribers are dropped.
         self._lost_run = lost_run
+        # Told of a run with new events in the mirror (their delivery is released in
+        # batches).
+        self._ingested = ingested
         self._follows: dict[str, _Follow] = {}
         self._prefix = engine.key("live", "")
 
@@ -186,6 +190,7 @@ class Follower:
             text = texts[offset]
             if not mirror.ingest(run_id, first + offset, kind, ts, _decode_data(text), text):
                 return False
+        self._ingested(run_id)
         return True
 
     # Catching up from the streams ----------------------------------------------------------
@@ -269,6 +274,7 @@ class Follower:
                 held = self._mirror.following(run_id)
                 self._drop(session_id, f"run {run_id} lost seqs after {held} from Redis")
                 return False
+        self._ingested(run_id)
         return True
 
     async def _stream(self, run_id: str, after: int) -> list[StoredEvent]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import anyio
+
 from ..events import Event, Position, RunSummary
 from ..run import ALL_DURABLE
 from ..store.base import Store
@@ -18,8 +20,12 @@ from ..store.base import Store
 
 class OwnedPersistence:
     """A :class:`~registry.hooks.Persistence` over ``store`` that writes only the runs in
-    :attr:`owned`, and never gates delivery (Redis, not the database, numbers events, so
-    a restart cannot reuse a seq a client saw)."""
+    :attr:`owned`.
+
+    Delivery does not wait for the database (Redis, not the database, numbers events, so
+    a restart cannot reuse a seq a client saw); it waits for :meth:`release` instead, which
+    the cluster calls for a batch of ingested events at a time (see :class:`Release`).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -27,6 +33,7 @@ class OwnedPersistence:
         # run_id -> whether its end finds the session unwatched on every process (decided
         # in Redis where the run ended, carried with its ``complete``).
         self.unread: dict[str, bool] = {}
+        self._release: Callable[[str, int], None] | None = None
 
     def run_started(
         self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
@@ -52,7 +59,13 @@ class OwnedPersistence:
         return self.store.durable_seq(run_id) if run_id in self.owned else ALL_DURABLE
 
     def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
-        return False
+        self._release = callback
+        return True
+
+    def release(self, run_id: str, seq: int) -> None:
+        """Let the mirror's subscribers have the run's events up to ``seq``."""
+        if self._release is not None:
+            self._release(run_id, seq)
 
     def urge(self) -> None:
         self.store.urge()
@@ -67,3 +80,51 @@ class OwnedPersistence:
         self, session_id: str, after: Position | None, before: Position | None
     ) -> list[Event] | None:
         return await self.store.read_history(session_id, after, before)
+
+
+class Release:
+    """Hands the mirror's newly ingested events to its subscribers in batches: at most
+    ``delay`` seconds after the first of a batch (the single-process server's commits batch
+    deliveries the same way). Many small pub/sub messages then make few WebSocket messages
+    and wake each connection once per batch, not once per event."""
+
+    def __init__(
+        self,
+        delay: float,
+        *,
+        held: Callable[[str], int | None],
+        held_back: Callable[[str], int],
+        limit: int,
+        release: Callable[[str, int], None],
+    ) -> None:
+        self._delay = delay
+        self._held = held
+        self._held_back = held_back
+        # Released at once past this many held back: a burst must not push undelivered
+        # events out of the replay buffer (half of it, as the single process paces).
+        self._limit = limit
+        self._release = release
+        self._dirty: set[str] = set()
+        self._wake = anyio.Event()
+
+    def mark(self, run_id: str) -> None:
+        """The run has new events in the mirror."""
+        if self._delay <= 0 or self._held_back(run_id) >= self._limit:
+            self._now(run_id)
+            return
+        self._dirty.add(run_id)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await anyio.sleep(self._delay)
+            dirty, self._dirty = self._dirty, set()
+            for run_id in dirty:
+                self._now(run_id)
+
+    def _now(self, run_id: str) -> None:
+        seq = self._held(run_id)
+        if seq is not None:
+            self._release(run_id, seq)

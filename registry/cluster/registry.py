@@ -57,8 +57,8 @@ from .engine import Engine, EngineUnavailable, Timing, summary_of
 from .follower import FOLLOW_TIMEOUT, Follower
 from .live import Live
 from .owned import Owned
-from .persistence import OwnedPersistence
-from .upkeep import Upkeep
+from .persistence import OwnedPersistence, Release
+from .upkeep import LEASE_KEY, Upkeep
 
 log = logging.getLogger("runwire.cluster")
 
@@ -73,7 +73,13 @@ _encode = msgspec.json.Encoder().encode
 
 class ClusterRegistry:
     """:class:`~registry.RunRegistry` for one of several processes sharing Redis and a
-    database. Use it as an async context manager."""
+    database. Use it as an async context manager.
+
+    ``lease``: seconds a run's lease lasts unless renewed (a dead process's runs end about
+    this long after it died). ``delivery_delay``: longest wait of an event that reached
+    this process before its subscribers get it (events go out in batches). ``prefix``: of
+    every Redis key and channel.
+    """
 
     def __init__(
         self,
@@ -87,6 +93,7 @@ class ClusterRegistry:
         lease: float = 10.0,
         prefix: str = "runwire",
         process_id: str | None = None,
+        delivery_delay: float = 0.005,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
@@ -97,10 +104,17 @@ class ClusterRegistry:
         self.lease = lease
         self.process_id = process_id or uuid.uuid4().hex[:12]
         self._timing = Timing(
-            lease_ms=int(lease * 1000), ttl=max(1, int(run_ttl)), maxlen=buffer_size
+            lease_ms=int(lease * LEASE_KEY * 1000), ttl=max(1, int(run_ttl)), maxlen=buffer_size
         )
         self._prefix = prefix
         self._persist = OwnedPersistence(store)
+        self._release = Release(
+            delivery_delay,
+            held=lambda run_id: self.mirror.following(run_id),
+            held_back=lambda run_id: self.mirror.held_back(run_id),
+            limit=max(1, buffer_size // 2),
+            release=self._persist.release,
+        )
         self.mirror = MemoryRegistry(
             store=self._persist,
             clock=self._clock,
@@ -166,6 +180,7 @@ class ClusterRegistry:
             self._persist,
             spawn=self.spawn,
             lost_run=self._lost_run,
+            ingested=self._release.mark,
         )
         self._upkeep = Upkeep(self, engine, self._store)
         try:
@@ -181,6 +196,7 @@ class ClusterRegistry:
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._live.run)
         self._task_group.start_soon(self._upkeep.run)
+        self._task_group.start_soon(self._release.run)
         return self
 
     async def __aexit__(

@@ -1,14 +1,18 @@
 """A cluster process's background duties, on one timer.
 
-- Renew this process's heartbeat and the leases of the runs it drives (every third of the
-  lease); a lease found lost means a survivor ended the run: stop its source.
-- Reap (every half lease): a running run whose lease lapsed lost its process; end it with
-  ``server_restart`` (one process wins, in Redis) and write what the dead process had not
-  written of it. Likewise take over a completed run whose process died before writing its
-  end.
+- Renew this process's heartbeat and the leases of the runs it drives; a lease found lost
+  means a survivor ended the run (or Redis lost it): stop its source.
+- Reap: a running run whose lease lapsed lost its process; end it with ``server_restart``
+  (one process wins, in Redis) and write what the dead process had not written of it.
+  Likewise take over a completed run whose process died before writing its end.
 - Tell Redis which ended runs of ours are written (so nobody else writes them), and how many
   subscriptions each session has here (for ``has_unread`` and run summaries).
 - Stop following sessions nobody here needs any more.
+
+Timing, for a configured lease ``L``: a lease key lives ``0.6 L`` in Redis and is renewed
+every ``0.2 L`` (two renewals may fail before it lapses), and survivors look for lapsed ones
+every ``0.2 L``. A process that dies therefore has its runs ended between ``0.4 L`` and
+``0.8 L`` after its death: always within the lease.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwire.cluster")
 
 _PAGE = 1000
+# Fractions of the configured lease (see the module docstring).
+LEASE_KEY = 0.6
+RENEW_EVERY = 0.2
+REAP_EVERY = 0.2
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 # The timer's tick: settled runs and watch counts go to Redis at least this often.
@@ -49,9 +57,9 @@ class Upkeep:
         self._writing: set[str] = set()
         self._watch_sent: dict[str, int] = {}
         lease = cluster.lease
-        self._tick = min(_TICK, lease / 4)
-        self._renew_every = lease / 3
-        self._reap_every = lease / 2
+        self._tick = min(_TICK, lease * RENEW_EVERY)
+        self._renew_every = lease * RENEW_EVERY
+        self._reap_every = lease * REAP_EVERY
 
     def settled(self, run_id: str) -> None:
         """Our run's end is written; Redis hears of it on the next tick."""
