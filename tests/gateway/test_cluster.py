@@ -44,7 +44,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 A, B, C = 0, 1, 2
 USERS = ("alice", "bob")
 # The lease of the trios whose processes get killed: short, so failover is quick.
-KILL_LEASE = 1.0
+KILL_LEASE = 2.0
 # The shared trio kills nothing: the default lease, so that no run of it can be reaped
 # because a loaded machine delayed a renewal.
 SHARED_LEASE = 10.0

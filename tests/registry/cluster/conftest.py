@@ -17,7 +17,7 @@ from registry.store import PostgresStore
 from tests.servers import Databases
 
 # Short leases, so a dead process's runs are reaped within a test (the default is 10 s).
-LEASE = 0.6
+LEASE = 1.5
 OWNER = "alice"
 
 

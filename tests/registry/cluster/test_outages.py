@@ -25,7 +25,7 @@ from .test_runs import WAIT, child_process, completed
 # Long enough that no lease lapses while Redis is away (that is the reaper's case).
 LEASE = 5.0
 # A killed process's runs are taken over after this.
-CHILD_LEASE = 0.6
+CHILD_LEASE = 1.5
 
 
 class Gate:
@@ -258,7 +258,7 @@ async def test_taking_over_a_dead_process_run_survives_a_database_outage(
                         events.extend(await sub.next_batch())
                 assert events[-1].data["reason"] == "server_restart"
                 # Not a synchronization: the outage must outlast several leases.
-                await anyio.sleep(4 * CHILD_LEASE)
+                await anyio.sleep(2 * CHILD_LEASE)
                 gate.opened.set()
                 got: list[Event] = []
                 await read(own_sub, 6, got)
