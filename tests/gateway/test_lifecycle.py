@@ -245,6 +245,10 @@ async def test_help_explains_every_flag():
         "--shutdown-grace",
         "--send-rate",
         "--send-burst",
+        "--redis",
+        "--database",
+        "--lease",
+        "--redis-prefix",
     ):
         assert flag in out
 
@@ -265,6 +269,12 @@ async def test_help_explains_every_flag():
         ["--send-rate", "fast"],
         ["--send-burst", "0"],
         ["--nonsense"],
+        ["--redis", "redis://127.0.0.1:1/0"],
+        ["--database", "postgresql://x@127.0.0.1:1/db"],
+        ["--redis", "http://x", "--database", "postgresql://x@127.0.0.1:1/db"],
+        ["--redis", "redis://127.0.0.1:1/0", "--database", "mysql://x"],
+        ["--lease", "0"],
+        ["--redis-prefix", "a:b"],
     ],
 )
 async def test_bad_flag_is_a_one_line_error_with_exit_code_2(args, tmp_path):
@@ -285,6 +295,24 @@ async def test_bad_tokens_env_and_unusable_db_are_one_line_errors(tmp_path):
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "--db" in err
+
+
+async def test_unreachable_engines_are_one_line_errors_naming_the_flag(postgres_url, tmp_path):
+    """Redis or PostgreSQL that cannot be reached: the flag is named, the password is not."""
+    secret = "postgresql://runwire:s3cret@127.0.0.1:1/nowhere"
+    code, _, err = await _cli("serve", "--redis", "redis://127.0.0.1:1/0", "--database", secret)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--database" in err
+    assert "s3cret" not in err
+    code, _, err = await _cli(
+        "serve", "--redis", "redis://:pw@127.0.0.1:1/0", "--database", postgres_url
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--redis" in err
+    assert "cannot reach Redis" in err
+    assert ":pw@" not in err
 
 
 async def test_non_loopback_without_token_refuses_to_start(tmp_path):
