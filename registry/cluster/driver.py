@@ -22,15 +22,13 @@ from ..clock import Clock, to_ms
 from ..events import COMPLETE, SESSION_CREATED, Outcome, complete_data
 from ..hooks import Persistence
 from ..pairs import checked_pair, closing, complete_fields, created_id, needs_scrub, scrub
+from .backoff import Backoff
 from .engine import Engine, EngineUnavailable
 from .owned import Owned
 
 log = logging.getLogger("runwire.cluster")
 
 T = TypeVar("T")
-
-_FIRST_BACKOFF = 0.05
-_MAX_BACKOFF = 2.0
 
 
 class Driver:
@@ -196,13 +194,11 @@ class Driver:
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, retried with backoff while Redis is unavailable (the source waits
         meanwhile); gives up only when the registry closes."""
-        backoff = _FIRST_BACKOFF
+        backoff = Backoff()
         while True:
             try:
                 return await call()
             except EngineUnavailable as exc:
                 if self._closing():
                     raise
-                log.warning("%s failed (%s); retrying in %.2fs", what, exc, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                await backoff.after(what, exc)

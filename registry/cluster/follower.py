@@ -21,6 +21,7 @@ import anyio
 import msgspec
 
 from ..memory import MemoryRegistry
+from .backoff import Backoff
 from .engine import Engine, EngineUnavailable, StoredEvent
 from .live import Live
 from .persistence import OwnedPersistence
@@ -34,9 +35,6 @@ FOLLOW_TIMEOUT = 10.0
 FOLLOW_GRACE = 5.0
 # Events read from a run's stream per request while catching up.
 _PAGE = 1000
-# Waits between attempts to catch a session up while Redis is away (seconds).
-_FIRST_BACKOFF = 0.05
-_MAX_BACKOFF = 2.0
 
 _decode_header = msgspec.json.Decoder(tuple[str, int, int, list[str], Any, Any]).decode
 _decode_data = msgspec.json.Decoder(dict[str, Any]).decode
@@ -151,15 +149,13 @@ class Follower:
 
     async def catch_up(self, session_id: str) -> None:
         """Catch a session up, retrying with backoff while Redis cannot be reached."""
-        backoff = _FIRST_BACKOFF
+        backoff = Backoff()
         while session_id in self._follows:
             try:
                 await self._catch_up(session_id)
                 return
             except EngineUnavailable as exc:
-                log.warning("catching up session %s failed (%s); retrying", session_id, exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                await backoff.after(f"catching up session {session_id}", exc)
 
     # Applying ----------------------------------------------------------------------------
 

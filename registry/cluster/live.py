@@ -18,11 +18,9 @@ import anyio
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-log = logging.getLogger("runwire.cluster")
+from .backoff import Backoff
 
-# Waits between reconnect attempts (seconds): doubling from the first to the last.
-_FIRST_BACKOFF = 0.05
-_MAX_BACKOFF = 2.0
+log = logging.getLogger("runwire.cluster")
 
 
 class Live:
@@ -85,17 +83,15 @@ class Live:
 
     async def run(self) -> None:
         """Read messages forever, reconnecting whenever the connection breaks."""
-        backoff = _FIRST_BACKOFF
+        backoff = Backoff()
         first = True
         while True:
             try:
                 pubsub = await self._connect()
             except (RedisError, OSError) as exc:
-                log.warning("pub/sub cannot connect to Redis (%s); retrying", exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                await backoff.after("pub/sub connecting to Redis", exc)
                 continue
-            backoff = _FIRST_BACKOFF
+            backoff = Backoff()
             if not first:
                 self.reconnects += 1
                 log.warning("pub/sub reconnected: catching up every followed session")

@@ -27,6 +27,7 @@ from ..clock import to_ms
 from ..errors import RegistryError
 from ..events import Event, complete_data
 from ..store.base import Store
+from .backoff import Backoff
 from .engine import Engine, EngineUnavailable, StoredEvent, summary_of
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ _PAGE = 1000
 LEASE_KEY = 0.6
 RENEW_EVERY = 0.2
 REAP_EVERY = 0.2
-_FIRST_BACKOFF = 0.05
-_MAX_BACKOFF = 2.0
 # The timer's tick: settled runs and watch counts go to Redis at least this often.
 _TICK = 0.25
 
@@ -139,16 +138,14 @@ class Upkeep:
             self._cluster.spawn(self._write_until_done, run_id)
 
     async def _write_until_done(self, run_id: str) -> None:
-        backoff = _FIRST_BACKOFF
+        backoff = Backoff()
         try:
             while True:
                 try:
                     await self.write_rest(run_id)
                     return
                 except RegistryError as exc:
-                    log.warning("writing run %s failed (%s); retrying", run_id, exc)
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    await backoff.after(f"writing run {run_id}", exc)
         finally:
             self._writing.discard(run_id)
 
