@@ -75,8 +75,8 @@ class ClusterRegistry:
     """:class:`~registry.RunRegistry` for one of several processes sharing Redis and a
     database. Use it as an async context manager.
 
-    ``lease``: seconds a run's lease lasts unless renewed (a dead process's runs end about
-    this long after it died). ``delivery_delay``: longest wait of an event that reached
+    ``lease``: a dead process's runs are ended by another within this many seconds (see
+    :mod:`.upkeep` for the timing). ``delivery_delay``: longest wait of an event that reached
     this process before its subscribers get it (events go out in batches). ``prefix``: of
     every Redis key and channel.
     """
