@@ -21,6 +21,7 @@ import msgspec
 from ..clock import Clock, to_ms
 from ..events import COMPLETE, SESSION_CREATED, Outcome, complete_data
 from ..hooks import Persistence
+from ..memory import RegistryStats
 from ..pairs import checked_pair, closing, complete_fields, created_id, needs_scrub, scrub
 from .backoff import Backoff
 from .engine import Engine, EngineUnavailable
@@ -44,6 +45,7 @@ class Driver:
         closing: Callable[[], bool],
         gone: Callable[[Owned], Awaitable[None]],
         held: Callable[[str], int],
+        stats: RegistryStats,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -55,8 +57,9 @@ class Driver:
         self._gone = gone
         # The highest seq of a run this process's mirror holds.
         self._held = held
+        # Events refused because their run had ended (counted like the single process's).
+        self._stats = stats
         self._encode = msgspec.json.Encoder().encode
-        self.dropped = 0
 
     async def drive(self, owned: Owned) -> None:
         """Feed the run from its source until it completes, fails or is stopped."""
@@ -130,7 +133,7 @@ class Driver:
                 first - 1,
             )
         if first == 0:
-            self.dropped += len(kinds)
+            self._stats.dropped += len(kinds)
             await self._gone(owned)
             return False
         owned.last_appended = first + len(kinds) - 1
@@ -158,7 +161,7 @@ class Driver:
             ),
         )
         if seq == 0:
-            self.dropped += 1
+            self._stats.dropped += 1
             await self._gone(owned)
         else:
             owned.last_appended = seq

@@ -47,7 +47,6 @@ class Live:
         # Subscriptions sent and not yet confirmed, each with the event its caller waits on.
         self._confirming: dict[str, anyio.Event] = {}
         self._connected = anyio.Event()
-        self.reconnects = 0
 
     @property
     def connected(self) -> bool:
@@ -93,7 +92,6 @@ class Live:
                 continue
             backoff = Backoff()
             if not first:
-                self.reconnects += 1
                 log.warning("pub/sub reconnected: catching up every followed session")
                 await self._on_reconnect()
             first = False

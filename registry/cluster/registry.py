@@ -166,6 +166,7 @@ class ClusterRegistry:
             closing=lambda: self._closing,
             gone=self.check_gone,
             held=lambda run_id: self.mirror.following(run_id) or 0,
+            stats=self.stats,
         )
         live = self._live = Live(
             listener,
