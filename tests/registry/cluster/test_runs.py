@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.lowlevel
 import pytest
+import redis.asyncio as redis
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -72,6 +73,14 @@ async def test_a_run_started_on_one_process_is_followed_on_another(cluster: Clus
         await eventually(lambda: completed(store, started.run_id))
         page, _ = await store.history_page(sid, after=None, limit=1000)
         assert [e.seq for e in page] == list(range(1, 303))
+        # The completed run's stream and state expire after the run TTL (60 s here).
+        client = redis.Redis.from_url(cluster.redis_url)
+        try:
+            for kind in ("ev", "run"):
+                ttl = await client.ttl(f"{cluster.prefix}:{kind}:{started.run_id}")
+                assert 0 < ttl <= 60
+        finally:
+            await client.aclose()
 
 
 async def test_abort_from_another_process_stops_the_source_with_one_complete(
