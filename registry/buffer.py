@@ -45,6 +45,24 @@ class ReplayBuffer:
             slots[(self.last_seq - self._base) % self.capacity] = event
         self.last_seq += 1
 
+    def extend(self, events: list[Event]) -> None:
+        """Add events with seqs ``last_seq + 1, + 2, ...``: :meth:`append` for each, by
+        slices."""
+        slots = self._slots
+        cap = self.capacity
+        count = len(events)
+        fill = min(cap - len(slots), count)
+        if fill > 0:
+            slots.extend(events if fill == count else events[:fill])
+        done = max(fill, 0)
+        while done < count:
+            # Overwrite the oldest slots, up to the end of the list, then wrap.
+            slot = (self.last_seq + done - self._base) % cap
+            step = min(cap - slot, count - done)
+            slots[slot : slot + step] = events[done : done + step]
+            done += step
+        self.last_seq += count
+
     def read(self, start: int, stop: int | None = None) -> list[Event]:
         """Events with ``start <= seq < stop`` (``stop`` defaults to the end).
 

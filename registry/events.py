@@ -57,8 +57,12 @@ class Position(NamedTuple):
     seq: int
 
 
-class Event(msgspec.Struct, gc=False):
-    """A published event. ``seq`` is 1, 2, 3 ... within ``run_id``."""
+class Event(msgspec.Struct, tag_field="type", tag="event", omit_defaults=True, gc=False):
+    """A published event. ``seq`` is 1, 2, 3 ... within ``run_id``.
+
+    Encoded as it is, it is the protocol's ``event`` frame: the tag is its ``type``, and the
+    two caches after ``data`` are left out while they are unset.
+    """
 
     session_id: str
     run_id: str
@@ -74,38 +78,45 @@ class Event(msgspec.Struct, gc=False):
         return Position(self.run_id, self.seq)
 
     def encoded_data(self) -> str:
-        """``data`` as JSON text, encoded once and cached until the wire frame is built
-        around it: the log row and the frame share it. Raises ``TypeError`` or
-        ``msgspec.EncodeError`` for data that is not JSON."""
+        """``data`` as JSON text: cut from the wire frame, which is encoded once and cached
+        (the log row and the frame share one encoding), unless it came already encoded.
+        Raises ``TypeError`` or ``msgspec.EncodeError`` for data that is not JSON."""
         text = self.data_json
         if text is None:
-            text = self.data_json = _json.encode(self.data).decode()
+            wire = self.frame()
+            # ``data`` is the frame's last field, and no string before it can hold an
+            # unescaped quote, so the first ``,"data":`` is its key.
+            text = wire[wire.index(_DATA_KEY) + len(_DATA_KEY) : -1]
         return text
 
     def frame(self) -> str:
         """The protocol ``event`` frame as JSON text, encoded once and cached.
 
-        Built around :meth:`encoded_data` rather than by encoding ``data`` again: the data,
-        usually the whole cost, is encoded only once for the log and the wire together.
+        ``data`` is encoded inside the frame in the same pass, or inserted as it is when it
+        came already encoded (``data_json``: from another process, or a stand-in for data
+        that is not JSON).
         """
         wire = self.wire
         if wire is None:
-            frame = _EventFrame(
-                self.session_id,
-                self.run_id,
-                self.seq,
-                self.kind,
-                self.ts,
-                msgspec.Raw(self.encoded_data()),
-            )
-            wire = self.wire = _json.encode(frame).decode()
-            # The frame holds the text now; a buffered event keeps one copy, not two.
-            self.data_json = None
+            text = self.data_json
+            if text is None:
+                wire = _json.encode(self).decode()
+            else:
+                raw = _RawFrame(
+                    self.session_id, self.run_id, self.seq, self.kind, self.ts, msgspec.Raw(text)
+                )
+                wire = _json.encode(raw).decode()
+                # The frame holds the text now; a buffered event keeps one copy, not two.
+                self.data_json = None
+            self.wire = wire
         return wire
 
 
-class _EventFrame(msgspec.Struct, tag_field="type", tag="event", gc=False):
-    """The wire form of an event: ``data`` is inserted as already encoded JSON text."""
+_DATA_KEY = ',"data":'
+
+
+class _RawFrame(msgspec.Struct, tag_field="type", tag="event", gc=False):
+    """An event's frame around data that is already JSON text."""
 
     session_id: str
     run_id: str

@@ -29,6 +29,9 @@ class Persistence(Protocol):
     def append(self, event: Event) -> None:
         """Queue an event for the durable log. Must not block. Called in seq order."""
 
+    def append_many(self, events: list[Event]) -> None:
+        """Queue several events of one run, in seq order: :meth:`append` for a burst."""
+
     def run_completed(self, run: RunSummary, *, unread: bool) -> None:
         """Record a run's outcome; ``unread`` when nobody was subscribed to its session."""
 
@@ -77,6 +80,10 @@ class NullPersistence:
 
     def append(self, event: Event) -> None:
         pass
+
+    def append_many(self, events: list[Event]) -> None:
+        for event in events:
+            self.append(event)
 
     def run_completed(self, run: RunSummary, *, unread: bool) -> None:
         pass

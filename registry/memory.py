@@ -31,7 +31,15 @@ from .events import (
 )
 from .hooks import NullPersistence, Persistence, has_history
 from .ids import RunIds
-from .pairs import checked_pair, closing, complete_fields, created_id, needs_scrub, scrub
+from .pairs import (
+    check_kind,
+    checked_pair,
+    closing,
+    complete_fields,
+    created_id,
+    needs_scrub,
+    scrub,
+)
 from .run import Run
 from .sessions import PendingStart, RunContext, SessionState, Source
 from .subscription import SubscribeInfo, Subscription
@@ -42,6 +50,8 @@ Policy = Literal["reject", "enqueue", "interrupt"]
 StartStatus = Literal["started", "queued", "duplicate"]
 
 _POLICIES: frozenset[str] = frozenset(("reject", "enqueue", "interrupt"))
+# Kinds the registry acts on when a source yields them, rather than just numbering them.
+_ACTED_ON: frozenset[str] = frozenset((COMPLETE, SESSION_CREATED))
 
 
 class StartResult(NamedTuple):
@@ -294,16 +304,12 @@ class MemoryRegistry:
                 async with closing(events):
                     async for item in events:
                         # A burst (a list of pairs) is published with one timestamp.
-                        burst = item if type(item) is list else (item,)
+                        burst = item if type(item) is list else [item]
                         ts = self._now_ms()
-                        for pair in burst:
-                            kind, data = checked_pair(pair)
-                            self._publish(run, kind, data, ts)
-                            if run.status != "running":
-                                break
-                            if run.buffer.last_seq - run.durable > self._pace_ahead:
-                                await self._until_durable(run)
-                                ts = self._now_ms()
+                        done = self._publish_burst(run, burst, 0, ts)
+                        while done < len(burst) and run.status == "running":
+                            await self._until_durable(run)
+                            done = self._publish_burst(run, burst, done, self._now_ms())
                         if run.status != "running":
                             break
             except Exception as exc:
@@ -320,8 +326,10 @@ class MemoryRegistry:
 
         Returns the numbered event, or ``None`` when it was not delivered: there is no
         running run (a late event, a duplicate ``complete``), or the kind is
-        ``session_created`` (recorded, never delivered).
+        ``session_created`` (recorded, never delivered). A kind holding a NUL character
+        raises :class:`TypeError`.
         """
+        check_kind(kind)
         run = self._running.get(session_id)
         if run is None:
             self.stats.dropped += 1
@@ -350,6 +358,51 @@ class MemoryRegistry:
             data = scrub(data, run.session.session_id)
         return self._append(run, kind, data, self._now_ms() if ts is None else ts)
 
+    def _publish_burst(self, run: Run, burst: list[Any], start: int, ts: int) -> int:
+        """Publish a source's pairs ``burst[start:]`` in order, as far as the pacing window
+        lets the run get ahead of the disk; returns where it stopped (``len(burst)`` once
+        all are published; earlier when the window is full or the run ended).
+
+        Plain events, nearly all of a stream, are numbered and handed to the buffer and the
+        store together; anything the registry acts on goes through :meth:`_publish`.
+        """
+        room = self._pace_ahead + 1 - (run.buffer.last_seq - run.durable)
+        end = min(len(burst), start + room)
+        state = run.session
+        session_id, run_id = state.session_id, run.run_id
+        seq = run.buffer.last_seq
+        events: list[Event] = []
+        index = start
+        try:
+            while index < end:
+                kind, data = checked_pair(burst[index])
+                index += 1
+                if kind in _ACTED_ON or needs_scrub(data):
+                    self._add(run, events)
+                    events = []
+                    self._publish(run, kind, data, ts)
+                    if run.status != "running":
+                        return index
+                    seq = run.buffer.last_seq
+                    continue
+                seq += 1
+                events.append(Event(session_id, run_id, seq, kind, ts, data))
+        finally:
+            # Also when a bad pair raised: the good ones before it are published.
+            self._add(run, events)
+        return end
+
+    def _add(self, run: Run, events: list[Event]) -> None:
+        """Buffer, store and announce a running run's next events, numbered in order."""
+        if not events:
+            return
+        run.buffer.extend(events)
+        self._store.append_many(events)
+        self.stats.published += len(events)
+        state = run.session
+        if state.waiters and events[0].seq <= run.durable:
+            state.wake()
+
     def _append(
         self, run: Run, kind: str, data: dict[str, Any], ts: int, data_json: str | None = None
     ) -> Event:
@@ -366,13 +419,13 @@ class MemoryRegistry:
         return event
 
     async def _until_durable(self, run: Run) -> None:
-        """Hold a source that outran the disk until it is half a window ahead again.
+        """Hold a source that outran the disk until the next commit makes room.
 
         Subscribers only get what is on disk, so a source far ahead of the store would
-        push undelivered events out of the buffer. Waiting for half the window, not for
-        everything, keeps the source producing while the store commits.
+        push undelivered events out of the buffer. Going on as soon as there is room, not
+        when everything is written, keeps the source producing while the store commits.
         """
-        target = run.buffer.last_seq - self._pace_ahead // 2
+        target = run.buffer.last_seq - self._pace_ahead
         woken = anyio.Event()
         run.pacing = (target, woken)
         try:

@@ -24,8 +24,16 @@ def checked_pair(pair: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(pair, tuple) and len(pair) == 2:
         kind, data = pair
         if isinstance(kind, str) and isinstance(data, dict):
+            check_kind(kind)
             return kind, data
     raise TypeError(f"source yielded {pair!r}, not (kind, data) or a list of them")
+
+
+def check_kind(kind: str) -> None:
+    """Refuse a kind no database keeps whole (PostgreSQL refuses NUL in text, and SQLite's
+    JSON functions end a string there)."""
+    if "\x00" in kind:
+        raise TypeError(f"event kind {kind!r} holds a NUL character")
 
 
 def created_id(data: dict[str, Any]) -> str | None:

@@ -45,6 +45,10 @@ class OwnedPersistence:
         if event.run_id in self.owned:
             self.store.append(event)
 
+    def append_many(self, events: list[Event]) -> None:
+        if events and events[0].run_id in self.owned:
+            self.store.append_many(events)
+
     def run_completed(self, run: RunSummary, *, unread: bool) -> None:
         watched_elsewhere = self.unread.pop(run.run_id, unread)
         if run.run_id in self.owned:

@@ -197,6 +197,18 @@ class LogStore(ABC):
             self._completes[event.run_id] = event.data
         self._writer.put(event)
 
+    def append_many(self, events: list[Event]) -> None:
+        """Queue several events of one run for the log, in seq order."""
+        if not events:
+            return
+        if self._closed:
+            self._refuse("event", events[0].run_id)
+            return
+        last = events[-1]
+        if last.kind == COMPLETE:  # a complete ends its run: nothing follows it
+            self._completes[last.run_id] = last.data
+        self._writer.put_many(events)
+
     def run_completed(self, run: RunSummary, *, unread: bool) -> None:
         """Queue a run's outcome and write the batch now: someone may be waiting for it."""
         data = self._completes.pop(run.run_id, None) or {}

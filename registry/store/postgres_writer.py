@@ -141,13 +141,15 @@ class PostgresBackend:
     async def execute(self, statement: str) -> None:
         await self._open().execute(statement)
 
-    async def write(self, plan: Plan) -> None:
+    async def commit(self, plan: Plan) -> None:
+        await self.begin()
         conn = self._open()
         for statement, rows in batch_writes(STATEMENTS, plan):
             if statement is INSERT_EVENTS:
                 await conn.execute(statement, *zip(*rows, strict=True))
             else:
                 await conn.executemany(statement, rows)
+        await self.execute("COMMIT")
 
     async def apply(self, op: LogOp, row: EventRow | None) -> None:
         conn = self._open()

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from .logstore import LogStore
 from .recovery import end_running_runs
 from .schema import NewerSchema, migrate
 from .sql import SQLITE, Dialect, Params
+from .sqlite_thread import WriterConnection
 from .sqlite_writer import SQLiteBackend, SQLiteTx
 from .writer import Writer
 
@@ -50,6 +52,7 @@ class SQLiteStore(LogStore):
     def __init__(
         self,
         path: str,
+        writer_db: WriterConnection,
         connections: tuple[aiosqlite.Connection, ...],
         reader_db: aiosqlite.Connection,
         writer: Writer,
@@ -59,6 +62,7 @@ class SQLiteStore(LogStore):
         # Use open(): it migrates, recovers and starts the writer.
         super().__init__(path, writer, clock, next_ord)
         self.path = path
+        self._writer_db = writer_db
         self._connections = connections
         self._reader = SQLiteTx(reader_db)
 
@@ -84,10 +88,14 @@ class SQLiteStore(LogStore):
         name = os.fspath(path)
         _check_path(name)
         clock = clock if clock is not None else SystemClock()
-        writer_db = await _connect(name, busy_timeout)
+        # The schema is made on an aiosqlite connection; the writer's own connection then
+        # takes over (see sqlite_thread) and the setup connection is closed last.
+        setup_db = await _connect(name, busy_timeout)
         others: list[aiosqlite.Connection] = []
+        writer_db: WriterConnection | None = None
         try:
-            await _setup_writer(writer_db, name)
+            await _setup_file(setup_db, name)
+            writer_db = await WriterConnection.open(name, _writer_settings(busy_timeout))
             recovered = await _recover(writer_db, to_ms(clock.now()))
             next_ord = await _max_ord(writer_db)
             reader_db = await _connect(name, busy_timeout)
@@ -96,18 +104,22 @@ class SQLiteStore(LogStore):
             checkpoint_db = await _connect(name, busy_timeout)
             others.append(checkpoint_db)
         except BaseException as exc:
-            for db in (writer_db, *others):
+            for db in others:
                 await db.close()
+            if writer_db is not None:
+                await writer_db.close()
+            await setup_db.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{name}: cannot open the database: {exc}") from exc
             raise
+        await setup_db.close()
         writer = Writer(
             SQLiteBackend(writer_db, checkpoint_db, name),
             flush_delay=flush_delay,
             batch_size=batch_size,
         )
         writer.stats.recovered_runs = recovered
-        store = cls(name, (writer_db, *others), reader_db, writer, clock, next_ord)
+        store = cls(name, writer_db, tuple(others), reader_db, writer, clock, next_ord)
         writer.start()
         if recovered:
             log.warning("%s: ended %d runs left running by a crash", name, recovered)
@@ -122,6 +134,7 @@ class SQLiteStore(LogStore):
         # back into the file.
         for db in reversed(self._connections):
             await db.close()
+        await self._writer_db.close()
 
     async def _fetch(self, sql: str, params: Params) -> list[Any]:
         self._check_open()
@@ -170,17 +183,13 @@ async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     return db
 
 
-async def _setup_writer(db: aiosqlite.Connection, path: str) -> None:
-    """WAL, NORMAL sync, then the schema; every failure becomes a StoreError naming the file."""
+async def _setup_file(db: aiosqlite.Connection, path: str) -> None:
+    """WAL, then the schema; every failure becomes a StoreError naming the file."""
     try:
         async with db.execute("PRAGMA journal_mode = WAL") as cursor:
             row = await cursor.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             raise StoreError(f"{path}: cannot switch the database to WAL mode")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        # Checkpoints run beside the writer (see Writer); this is only the backstop that
-        # bounds the WAL (~40 MB) should they fall behind under a constant stream of commits.
-        await db.execute("PRAGMA wal_autocheckpoint = 10000")
         await migrate(db)
     except NewerSchema as exc:
         raise StoreError(f"{path}: {exc}") from None
@@ -192,13 +201,27 @@ async def _setup_writer(db: aiosqlite.Connection, path: str) -> None:
         raise StoreError(f"{path}: cannot open the database: {exc}") from exc
 
 
-async def _max_ord(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT COALESCE(MAX(ord), 0) FROM runs") as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row is not None else 0
+def _writer_settings(busy_timeout: float) -> Callable[[sqlite3.Connection], None]:
+    """The writer's connection settings, made on its thread."""
+
+    def setup(conn: sqlite3.Connection) -> None:
+        # PRAGMA takes no bound parameters; these are our own integers.
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints run beside the writer (see SQLiteBackend); this is only the backstop
+        # that bounds the WAL (~40 MB) should they fall behind a constant stream of commits.
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+
+    return setup
 
 
-async def _recover(db: aiosqlite.Connection, now: int) -> int:
+async def _max_ord(db: WriterConnection) -> int:
+    rows = await db.fetch("SELECT COALESCE(MAX(ord), 0) FROM runs")
+    return int(rows[0][0]) if rows else 0
+
+
+async def _recover(db: WriterConnection, now: int) -> int:
     """End every run a crash left running (see :mod:`registry.store.recovery`). Returns how
     many runs were ended."""
     await db.execute("BEGIN IMMEDIATE")

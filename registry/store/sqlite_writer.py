@@ -1,8 +1,17 @@
 """SQLite's side of the group-commit writer: its statements, its errors, its checkpoints.
 
-A batch is one ``BEGIN IMMEDIATE`` transaction on the writer's connection, its writes issued
-with ``executemany`` per statement. Copying the WAL back into the database runs on a
+The writer's connection lives on a thread of its own (see ``sqlite_thread``), and a batch is
+one job there: one transaction, committed. A batch of events alone (a run streaming) is a
+single statement, a transaction of its own, that reads every row out of one JSON array
+parameter; a batch with run starts or ends is ``BEGIN IMMEDIATE``, ``executemany`` for those,
+the events' statement, ``COMMIT``. Copying the WAL back into the database runs on a
 connection of its own beside the writer (see :meth:`SQLiteBackend.start`).
+
+Why one statement for the events: the ``sqlite3`` module lets go of the GIL for each step of
+a statement and must take it back afterwards, and ``executemany`` steps once per row. While
+the event loop is busy, each taking back can wait for the loop to run out of work, so a
+thousand rows would cost a thousand such waits. One statement is one step: SQLite parses the
+array and inserts every row on the writer's thread without the GIL.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import msgspec
 
 from .records import StoreStats
 from .sql import SQLITE, Dialect, Params
+from .sqlite_thread import WriterConnection
 from .writer import EventRow, LogOp, Plan, Statements, batch_writes, op_writes
 
 log = logging.getLogger("runwire.store")
@@ -33,6 +44,7 @@ REFUSED: tuple[type[Exception], ...] = (
     ValueError,
     OverflowError,
 )
+_json = msgspec.json.Encoder()
 # Pages (roughly) committed before the background checkpoint runs: ~1 MB of WAL.
 _CHECKPOINT_PAGES = 256
 
@@ -45,7 +57,12 @@ INSERT_RUN = """
     INSERT INTO runs (run_id, session_id, ord, provider, status, client_msg_id, started_at)
     VALUES (?, ?, ?, ?, 'running', ?, ?)
 """
-INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
+# One parameter: a JSON array of rows, each an array in :data:`EventRow` order, ``data`` as
+# a JSON string (its text, exactly as the registry encoded it).
+INSERT_EVENTS = """
+    INSERT INTO events (run_id, seq, kind, ts, data)
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)
+"""
 SET_SESSION_PROVIDER_ID = "UPDATE sessions SET provider_session_id = ? WHERE session_id = ?"
 SET_RUN_PROVIDER_ID = "UPDATE runs SET provider_session_id = ? WHERE run_id = ?"
 END_RUN = """
@@ -61,7 +78,7 @@ END_RUN_SESSION = """
 STATEMENTS = Statements(
     INSERT_SESSION_STUB,
     INSERT_RUN,
-    INSERT_EVENT,
+    INSERT_EVENTS,
     SET_SESSION_PROVIDER_ID,
     SET_RUN_PROVIDER_ID,
     END_RUN,
@@ -70,11 +87,12 @@ STATEMENTS = Statements(
 
 
 class SQLiteTx:
-    """An aiosqlite connection as the shared queries use it (they bind ``:name``s)."""
+    """A connection as the shared queries use it (they bind ``:name``s): the writer's, or
+    an aiosqlite one (the reader's)."""
 
     __slots__ = ("db",)
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection | WriterConnection) -> None:
         self.db = db
 
     @property
@@ -82,10 +100,16 @@ class SQLiteTx:
         return SQLITE
 
     async def fetch(self, query: str, params: Params) -> list[Any]:
-        return list(await self.db.execute_fetchall(query, params))
+        db = self.db
+        if isinstance(db, WriterConnection):
+            return await db.fetch(query, params)
+        return list(await db.execute_fetchall(query, params))
 
     async def execute(self, query: str, params: Params) -> int:
-        cursor = await self.db.execute(query, params)
+        db = self.db
+        if isinstance(db, WriterConnection):
+            return await db.execute(query, params)
+        cursor = await db.execute(query, params)
         return cursor.rowcount
 
 
@@ -94,9 +118,7 @@ class SQLiteBackend:
 
     refused = REFUSED
 
-    def __init__(
-        self, db: aiosqlite.Connection, checkpointer: aiosqlite.Connection, path: str
-    ) -> None:
+    def __init__(self, db: WriterConnection, checkpointer: aiosqlite.Connection, path: str) -> None:
         self.name = path
         self._db = db
         self._tx = SQLiteTx(db)
@@ -114,19 +136,23 @@ class SQLiteBackend:
     async def execute(self, statement: str) -> None:
         await self._db.execute(statement)
 
-    async def write(self, plan: Plan) -> None:
-        for statement, rows in batch_writes(STATEMENTS, plan):
-            await self._db.executemany(statement, rows)
+    async def commit(self, plan: Plan) -> None:
+        writes = [
+            (statement, _rows_json(rows) if statement is INSERT_EVENTS else rows)
+            for statement, rows in batch_writes(STATEMENTS, plan)
+        ]
+        await self._db.call(lambda conn: _commit(conn, writes))
 
     async def apply(self, op: LogOp, row: EventRow | None) -> None:
         for statement, params in op_writes(STATEMENTS, op, row):
-            await self._db.execute(statement, params)
+            if statement is INSERT_EVENTS:
+                await self._db.execute(statement, (_rows_json([params]),))
+            else:
+                await self._db.execute(statement, params)
 
     async def rollback(self) -> None:
-        if not self._db.in_transaction:
-            return
         try:
-            await self._db.execute("ROLLBACK")
+            await self._db.call(_rollback)
         except sqlite3.Error as exc:
             log.error("rolling back a failed write to %s failed: %s", self.name, exc)
 
@@ -175,3 +201,29 @@ class SQLiteBackend:
                     self._stats.checkpoints += 1
             except sqlite3.Error as exc:
                 log.warning("checkpointing %s failed: %s", self.name, exc)
+
+
+def _commit(conn: sqlite3.Connection, writes: list[tuple[str, Any]]) -> None:
+    """A batch's writes, on the writer's thread: events are one JSON text, the rest rows."""
+    if len(writes) == 1 and writes[0][0] is INSERT_EVENTS:
+        # Only events: the statement is a transaction of its own.
+        conn.execute(INSERT_EVENTS, (writes[0][1],))
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    for statement, rows in writes:
+        if statement is INSERT_EVENTS:
+            conn.execute(statement, (rows,))
+        else:
+            conn.executemany(statement, rows)
+    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _rows_json(rows: list[Any]) -> str:
+    """The parameter of :data:`INSERT_EVENTS`: text, since SQLite reads a blob as binary
+    JSON (3.45 and later) or refuses it."""
+    return _json.encode(rows).decode()

@@ -255,8 +255,8 @@ class Backend(Protocol):
         """A statement without parameters: ``COMMIT``, ``SAVEPOINT op`` and the like."""
         ...
 
-    async def write(self, plan: Plan) -> None:
-        """Every write of ``plan``, in bulk, in the open transaction (see the module
+    async def commit(self, plan: Plan) -> None:
+        """Every write of ``plan``, in bulk, in one transaction, committed (see the module
         docstring for the order)."""
         ...
 
@@ -375,6 +375,17 @@ class Writer:
         if self._idle:
             self._wake()
         elif len(queue) == self._batch_size:
+            self._signal.set()
+
+    def put_many(self, events: list[Event]) -> None:
+        """Queue several events (a burst): :meth:`put` for each, in one step."""
+        queue = self._queue
+        before = len(queue)
+        queue.extend(events)
+        self._queued_events += len(events)
+        if self._idle:
+            self._wake()
+        elif before < self._batch_size <= len(queue):
             self._signal.set()
 
     def track(self, run_id: str) -> None:
@@ -608,10 +619,7 @@ class Writer:
         stats.flush_latency_ms.append((now - started) * 1000)
 
     async def _commit(self, plan: Plan) -> list[Op]:
-        backend = self._backend
-        await backend.begin()
-        await backend.write(plan)
-        await backend.execute("COMMIT")
+        await self._backend.commit(plan)
         return []
 
     async def _commit_each(self, plan: Plan) -> list[Op]:

@@ -60,6 +60,9 @@ class FakeStore:
     def append(self, event: Event) -> None:
         self.events.append(event)
 
+    def append_many(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
     def run_completed(self, run: RunSummary, *, unread: bool) -> None:
         self.completed.append((run, unread))
 

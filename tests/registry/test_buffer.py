@@ -122,3 +122,23 @@ def test_a_buffer_may_start_past_seq_1(capacity: int, start: int, count: int) ->
     if first > 1:
         with pytest.raises(IndexError):
             buffer.read(first - 1)
+
+
+@given(
+    capacity=st.integers(min_value=1, max_value=12),
+    start=st.integers(min_value=1, max_value=30),
+    chunks=st.lists(st.integers(min_value=0, max_value=30), max_size=8),
+)
+def test_extend_is_append_for_each(capacity: int, start: int, chunks: list[int]) -> None:
+    # Bursts of any size against any fill and wrap point: the same slots as one by one.
+    extended, appended = ReplayBuffer(capacity, start), ReplayBuffer(capacity, start)
+    seq = start
+    for size in chunks:
+        burst = [ev(s) for s in range(seq, seq + size)]
+        seq += size
+        extended.extend(burst)
+        for event in burst:
+            appended.append(event)
+        assert extended.last_seq == appended.last_seq
+        assert extended.first_seq == appended.first_seq
+        assert extended.read(extended.first_seq) == appended.read(appended.first_seq)

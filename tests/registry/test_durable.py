@@ -154,3 +154,33 @@ async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock, b
             tg.cancel_scope.cancel()
     assert [e.seq for e in got] == list(range(1, 103))
     assert store.urged >= 100 // 8  # at least once per buffer of events
+
+
+async def test_a_paced_source_goes_on_as_soon_as_a_commit_makes_room(clock: ManualClock) -> None:
+    # Buffer 8: a source more than 4 events ahead of the disk is held. A commit of the
+    # oldest two lets it publish two more at once, while the store writes the rest: it is not held
+    # until nearly everything is on disk.
+    store = FakeStore()
+    store.gating = True
+    urged = anyio.Event()
+
+    def urge() -> None:
+        urged.set()
+
+    store.urge = urge  # type: ignore[method-assign]
+
+    async def source(context: object) -> AsyncIterator[Any]:
+        yield [("text_delta", {"text": str(i)}) for i in range(20)]
+
+    async with MemoryRegistry(store=store, clock=clock, buffer_size=8) as reg:
+        run_id = (await reg.start("s", owner="a", content="go", source=source)).run_id
+        await urged.wait()
+        assert store.appended_seq(run_id) == 5  # 5 ahead of nothing on disk: held
+        urged = anyio.Event()
+        assert store.on_durable is not None
+        store.on_durable(run_id, 2)
+        # Bounds a failure (a source still held) rather than timing anything.
+        with anyio.fail_after(10):
+            await urged.wait()
+        assert store.appended_seq(run_id) == 7  # two more, then held again
+        reg.abort("s")

@@ -84,8 +84,8 @@ _json_values = st.recursive(
 def test_frame_is_the_json_of_its_fields(
     ids: tuple[str, str, str], seq: int, ts: int, data: dict[str, object]
 ) -> None:
-    # The frame is assembled around the cached data encoding, not by encoding a dict:
-    # whatever the strings hold (quotes, control characters, non-ASCII), it parses back.
+    # Whatever the strings hold (quotes, control characters, non-ASCII), the frame parses
+    # back, and the data text cut from it is the data's JSON.
     session_id, run_id, kind = ids
     event = Event(session_id, run_id, seq, kind, ts, data)
     assert json.loads(event.frame()) == {
@@ -100,6 +100,13 @@ def test_frame_is_the_json_of_its_fields(
     assert event.data_json is None  # The frame holds it; a buffered event keeps one copy.
     text = event.encoded_data()
     assert json.loads(text) == json.loads(json.dumps(data))
+
+
+async def test_publish_refuses_a_kind_with_a_nul(reg: MemoryRegistry) -> None:
+    await reg.start("s1", owner="alice", content="go")
+    with pytest.raises(TypeError, match="NUL"):
+        reg.publish("s1", "te\x00xt", {"text": "x"})
+    assert reg.stats.published == 1  # only the user_message
 
 
 async def test_publish_without_a_running_run_is_dropped(reg: MemoryRegistry) -> None:

@@ -130,6 +130,21 @@ async def test_source_yielding_garbage_ends_with_error(live: MemoryRegistry) -> 
         assert "not a pair" in events[-1].data["error"]
 
 
+async def test_a_kind_with_a_nul_ends_the_run_with_error(live: MemoryRegistry) -> None:
+    # No database keeps it whole: refused before it is numbered, not stored cut short.
+    async with live:
+
+        async def source(ctx: RunContext) -> AsyncIterator[Any]:
+            yield [("text", {"text": "a"}), ("te\x00xt", {"text": "b"})]
+
+        sub = RunReader(await live.subscribe("s1", owner="alice"))
+        await live.start("s1", owner="alice", content="go", source=source)
+        events = await sub.next_run()
+        assert kinds(events) == ["user_message", "text", "complete"]
+        assert events[-1].data["reason"] == "error"
+        assert "NUL" in events[-1].data["error"]
+
+
 async def test_a_burst_is_published_in_order_with_one_timestamp(
     live: MemoryRegistry, clock: ManualClock
 ) -> None:

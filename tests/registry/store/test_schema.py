@@ -30,10 +30,8 @@ async def test_a_new_file_gets_the_whole_schema_in_wal_mode(db_path: Path) -> No
         assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
         # Connection settings of the writer: NORMAL sync (1), foreign keys, a busy timeout.
         for pragma, expected in (("synchronous", 1), ("foreign_keys", 1), ("busy_timeout", 5000)):
-            async with store._connections[0].execute(f"PRAGMA {pragma}") as cursor:
-                row = await cursor.fetchone()
-                assert row is not None
-                assert row[0] == expected, pragma
+            found = await store._writer_db.fetch(f"PRAGMA {pragma}")  # type: ignore[attr-defined]
+            assert found == [(expected,)], pragma
     finally:
         await store.close()
 

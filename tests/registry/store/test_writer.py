@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry import Event, MemoryRegistry, RunSummary
 from registry.store import SQLiteStore, Store
@@ -135,6 +137,42 @@ async def test_the_wal_is_checkpointed_beside_the_writer_and_folded_in_at_close(
     wal = anyio.Path(f"{db_path}-wal")
     assert not await wal.exists() or (await wal.stat()).st_size == 0
     assert len(stored_events(db_path, run_id)) == 3001
+
+
+_texts = st.text(st.characters(codec="utf-8"))
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+            st.dictionaries(_texts, _values),
+        ),
+        max_size=20,
+    )
+)
+async def test_the_log_keeps_each_kind_and_data_text_as_the_frame_has_them(
+    backend: Backend, events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    # A batch of events travels to the database as one JSON text (quotes, backslashes,
+    # control characters, NUL in data, non-ASCII inside): what comes back is the same text.
+    async with await backend.open() as store:
+        registry, sid, run_id = await started(store)
+        published = [registry.publish(sid, kind, data) for kind, data in events]
+        await store.flush()
+        stored = await backend.rows(
+            "SELECT seq, kind, data FROM events WHERE run_id = ? AND seq > 1 ORDER BY seq",
+            (run_id,),
+        )
+        assert stored == [(e.seq, e.kind, e.encoded_data()) for e in published if e is not None]
 
 
 async def test_runs_and_events_in_order_with_one_write_per_batch(backend: Backend) -> None:
