@@ -366,6 +366,12 @@ class MemoryRegistry:
         Plain events, nearly all of a stream, are numbered and handed to the buffer and the
         store together; anything the registry acts on goes through :meth:`_publish`.
         """
+        if run.status != "running":
+            # Ended (aborted, say) before its source saw the cancellation: late, dropped.
+            late = len(burst) - start
+            run.dropped += late
+            self.stats.dropped += late
+            return len(burst)
         room = self._pace_ahead + 1 - (run.buffer.last_seq - run.durable)
         end = min(len(burst), start + room)
         state = run.session

@@ -130,6 +130,27 @@ async def test_source_yielding_garbage_ends_with_error(live: MemoryRegistry) -> 
         assert "not a pair" in events[-1].data["error"]
 
 
+async def test_a_burst_yielded_after_the_run_ended_is_dropped(live: MemoryRegistry) -> None:
+    # The run is aborted while its source runs: the source sees the cancellation only at
+    # its next await, and yields one more burst before that. None of it is published.
+    async with live:
+
+        async def source(ctx: RunContext) -> AsyncIterator[Any]:
+            yield [("text", {"text": "a"})]
+            live.abort("s1")
+            yield [("text", {"text": "late"}), ("text", {"text": "later"})]
+            await anyio.sleep_forever()
+
+        sub = RunReader(await live.subscribe("s1", owner="alice"))
+        result = await live.start("s1", owner="alice", content="go", source=source)
+        events = await sub.next_run()
+        assert kinds(events) == ["user_message", "text", "complete"]
+        assert events[-1].data["aborted"] is True
+        assert live.get_run(result.run_id) is not None
+        assert live._runs[result.run_id].dropped == 2
+        assert sub.rest() == []
+
+
 async def test_a_kind_with_a_nul_ends_the_run_with_error(live: MemoryRegistry) -> None:
     # No database keeps it whole: refused before it is numbered, not stored cut short.
     async with live:
