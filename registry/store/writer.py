@@ -378,7 +378,15 @@ class Writer:
             self._signal.set()
 
     def put_many(self, events: list[Event]) -> None:
-        """Queue several events (a burst): :meth:`put` for each, in one step."""
+        """Queue several events (a burst): :meth:`put` for each, in one step.
+
+        Their frames are encoded now rather than when their batch is written: a source is
+        producing now while the database commits earlier events, whereas between two
+        commits the database waits for whatever the writer still has to do.
+        """
+        for event in events:
+            if event.wire is None:
+                self._frame(event)
         queue = self._queue
         before = len(queue)
         queue.extend(events)
@@ -542,6 +550,12 @@ class Writer:
         self._urgent = 0
         self._impatient.clear()
         return ops
+
+    def _frame(self, event: Event) -> None:
+        try:
+            event.frame()
+        except (TypeError, ValueError, msgspec.EncodeError):
+            self._encode(event)  # logs it and gives the event its stand-in
 
     def _encode(self, event: Event) -> str:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,41 @@ async def test_data_that_is_not_json_keeps_its_seq(
         assert bad is not None
         assert json.loads(bad.frame())["data"] == events[1][2]
         assert store.durable_seq(run_id) == 3
+    finally:
+        await store.close()
+
+
+async def test_data_that_is_not_json_in_a_burst_keeps_its_seq(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A source's burst is encoded when it is queued: the bad event gets its stand-in
+    # there, and neither the burst nor the run fails.
+    store = await backend.open()
+    try:
+        record = await store.create_session(owner="ann", provider="echo")
+
+        async def source(ctx: object) -> AsyncIterator[Any]:
+            yield [("text", {"text": "a"}), ("tool_result", {"content": object()})]
+            yield [("text", {"text": "b"})]
+
+        async with MemoryRegistry(store=store) as registry:
+            finished = anyio.Event()
+            registry.listen(
+                lambda notice: finished.set() if notice.kind == "run_finished" else None
+            )
+            with caplog.at_level(logging.ERROR, logger="runwire.store"):
+                result = await registry.start(
+                    record.session_id, owner="ann", content="go", source=source
+                )
+                await finished.wait()
+                await store.flush()
+            assert "not JSON" in caplog.text
+            events = await backend.events(result.run_id)
+            kinds = [kind for _, kind, _ in events]
+            assert kinds == ["user_message", "text", "tool_result", "text", "complete"]
+            assert "unencodable" in events[2][2]
+            buffered = registry._runs[result.run_id].buffer.read(1)
+            assert json.loads(buffered[2].frame())["data"] == events[2][2]
     finally:
         await store.close()
 
