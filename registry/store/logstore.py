@@ -398,8 +398,10 @@ class LogStore(ABC):
             params["limit"] = limit
         rows = await self._fetch(sql, params)
         decode = self._decoder.decode
+        # The stored text goes along: a replayed event's frame is built around it rather
+        # than by encoding the decoded data again.
         return [
-            Event(session_id, run_id, seq, kind, ts, decode(data))
+            Event(session_id, run_id, seq, kind, ts, decode(data), None, data)
             for run_id, seq, kind, ts, data in rows
         ]
 

@@ -178,6 +178,19 @@ async def test_a_position_older_than_the_buffer_is_served_from_the_log(
     assert positions(drain(sub)) == [(r2, 4)]
 
 
+async def test_frames_replayed_from_the_log_are_the_frames_first_sent(store: Store) -> None:
+    registry = MemoryRegistry(store=store, buffer_size=4)
+    sid = (await store.create_session(owner=OWNER, provider="echo")).session_id
+    run_id = (await registry.start(sid, owner=OWNER, content="q")).run_id
+    data = [{"text": 'é " \\ \u0001', "n": 1.5e300, "big": 2**70}, {"list": [None, True]}]
+    sent = [registry.publish(sid, "tool_result", d) for d in data * 3]
+    first = {(e.run_id, e.seq): e.frame() for e in sent if e is not None}
+    await store.flush()
+    sub = await registry.subscribe(sid, owner=OWNER, run_id=run_id, after_seq=1)
+    replayed = {(e.run_id, e.seq): e.frame() for e in drain(sub)}
+    assert replayed == first
+
+
 async def test_a_later_run_longer_than_the_buffer_is_also_served_from_the_log(
     store: Store,
 ) -> None:
