@@ -1,0 +1,73 @@
+"""The WebSocket benchmark's subscriber check: it counts every event once and in order,
+and a gap, a duplicate or an event out of order fails it, whether a message is checked
+in bulk or frame by frame."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bench.ws_bench import Subscriber
+
+
+class Messages:
+    """Stands in for a client connection: yields the given messages."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = [json.dumps(m) for m in messages]
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        for message in self.messages:
+            yield message
+
+
+def ev(run_id: str, seq: int, kind: str = "text_delta") -> dict[str, Any]:
+    return {
+        "type": "event",
+        "session_id": "s",
+        "run_id": run_id,
+        "seq": seq,
+        "kind": kind,
+        "ts": 0,
+        "data": {"seq": 99},
+    }
+
+
+async def consume(messages: list[Any], runs: int = 1) -> Subscriber:
+    sub = Subscriber(Messages(messages), runs=runs)  # type: ignore[arg-type]
+    await sub.consume()
+    return sub
+
+
+async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
+    sub = await consume(
+        [
+            [ev("a", 1), ev("a", 2), ev("a", 3)],  # a stretch: checked in bulk
+            ev("a", 4),  # a single frame
+            [ev("a", 5), ev("b", 1), {"type": "pong"}, ev("b", 2)],  # two runs and a reply
+            [ev("a", 6, "complete"), ev("b", 3)],
+            [ev("b", 4), ev("b", 5, "complete")],
+        ],
+        runs=2,
+    )
+    assert sub.events == 11
+    assert sub.next_seq == {"a": 7, "b": 6}
+    assert sub.completes == 2
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [[ev("a", 1), ev("a", 3)]],  # a gap inside a stretch
+        [[ev("a", 1), ev("a", 2)], [ev("a", 2), ev("a", 3)]],  # a duplicate across messages
+        [[ev("a", 2), ev("a", 3)]],  # not from the start
+        [[ev("a", 1), ev("a", 2)], ev("a", 4)],  # a gap before a single frame
+        [[ev("a", 1), ev("b", 2)]],  # consecutive seqs, but of two runs
+    ],
+)
+async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any]) -> None:
+    with pytest.raises(AssertionError, match="expected seq"):
+        await consume(messages)
