@@ -37,7 +37,9 @@ _HANDOVER = 0.002
 class _Job:
     __slots__ = ("fn", "future", "taken")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]
+    ) -> None:
         self.fn = fn
         self.future = future
         self.taken = threading.Event()
@@ -100,12 +102,12 @@ class WriterConnection:
     def _work(self) -> None:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._fail_all(exc)
             return
         try:
             self._setup(conn)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             conn.close()
             self._fail_all(exc)
             return
