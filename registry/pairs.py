@@ -30,8 +30,8 @@ def checked_pair(pair: Any) -> tuple[str, dict[str, Any]]:
 
 
 def check_kind(kind: str) -> None:
-    """Refuse a kind no database keeps whole (PostgreSQL refuses NUL in text, and SQLite's
-    JSON functions end a string there)."""
+    """Refuse a kind that a store could not keep whole: PostgreSQL refuses NUL in text (and
+    refusing it whatever the store keeps the engines alike)."""
     if "\x00" in kind:
         raise TypeError(f"event kind {kind!r} holds a NUL character")
 

@@ -33,7 +33,6 @@ from .writer import Writer
 log = logging.getLogger("runwire.store")
 
 DEFAULT_PATH = "runwire.db"
-_OLDEST_SQLITE = (3, 38, 0)
 
 
 class SQLiteStore(LogStore):
@@ -88,13 +87,6 @@ class SQLiteStore(LogStore):
             raise ValueError("busy_timeout must not be negative")
         name = os.fspath(path)
         _check_path(name)
-        if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
-            # The writer's bulk insert needs SQLite's JSON operators (->>, 3.38).
-            oldest = ".".join(map(str, _OLDEST_SQLITE))
-            raise StoreError(
-                f"{name}: SQLite {sqlite3.sqlite_version} is too old; runwire needs {oldest} "
-                "or newer (the one Python's sqlite3 module is linked with)"
-            )
         clock = clock if clock is not None else SystemClock()
         # The schema is made on an aiosqlite connection; the writer's own connection then
         # takes over (see sqlite_thread) and the setup connection is closed last.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -20,16 +19,6 @@ async def test_a_path_in_a_missing_directory(tmp_path: Path) -> None:
         await SQLiteStore.open(path)
     assert str(path) in str(info.value)
     assert not path.parent.exists()
-
-
-async def test_an_sqlite_too_old_for_the_writer(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
-    monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
-    with pytest.raises(StoreError, match=r"SQLite 3\.37\.2 is too old; runwire needs 3\.38\.0"):
-        await SQLiteStore.open(db_path)
-    assert not await anyio.Path(db_path).exists()
 
 
 async def test_a_read_only_file(db_path: Path) -> None:

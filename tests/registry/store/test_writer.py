@@ -163,8 +163,8 @@ _values = st.recursive(
 async def test_the_log_keeps_each_kind_and_data_text_as_the_frame_has_them(
     backend: Backend, events: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    # A batch of events travels to the database as one JSON text (quotes, backslashes,
-    # control characters, NUL in data, non-ASCII inside): what comes back is the same text.
+    # Whatever the text holds (quotes, backslashes, control characters, NUL in data,
+    # non-ASCII), what the log gives back is the text of the frame.
     async with await backend.open() as store:
         registry, sid, run_id = await started(store)
         published = [registry.publish(sid, kind, data) for kind, data in events]
@@ -174,6 +174,24 @@ async def test_the_log_keeps_each_kind_and_data_text_as_the_frame_has_them(
             (run_id,),
         )
         assert stored == [(e.seq, e.kind, e.encoded_data()) for e in published if e is not None]
+
+
+async def test_a_batch_of_several_insert_statements_is_written_whole(backend: Backend) -> None:
+    # SQLite inserts a batch's events 256 rows per statement: two full ones and the rest,
+    # in one transaction, in order.
+    store = await backend.open(flush_delay=3600, batch_size=10_000)
+    try:
+        registry, sid, run_id = await started(store)
+        for i in range(600):
+            registry.publish(sid, "text_delta", {"text": str(i)})
+        await store.flush()
+        assert store.stats.flushes == 1
+        assert store.stats.write_errors == 0  # not rescued by writing one by one
+        events = await backend.events(run_id)
+        assert [seq for seq, _, _ in events] == list(range(1, 602))
+        assert [data["text"] for _, _, data in events[1:]] == [str(i) for i in range(600)]
+    finally:
+        await store.close()
 
 
 async def test_runs_and_events_in_order_with_one_write_per_batch(backend: Backend) -> None:
