@@ -197,6 +197,11 @@ class SQLiteBackend:
 
 def _commit(conn: sqlite3.Connection, writes: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
     """A batch's writes in one transaction, on the writer's thread."""
+    if len(writes) == 1 and writes[0][0] is INSERT_EVENT and len(writes[0][1]) <= _one_step(conn):
+        # A few events alone: one statement is a transaction of its own, and the thread
+        # takes the GIL back once, not three times (a busy loop can make each a wait).
+        _insert_events(conn, writes[0][1])
+        return
     conn.execute("BEGIN IMMEDIATE")
     for statement, rows in writes:
         if statement is INSERT_EVENT:
@@ -207,14 +212,19 @@ def _commit(conn: sqlite3.Connection, writes: list[tuple[str, list[tuple[Any, ..
 
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert event rows, :data:`ROWS_PER_STATEMENT` at a time (fewer where SQLite allows
-    fewer bound parameters in one statement)."""
-    width = len(rows[0])
-    step = min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    """Insert event rows, :func:`_one_step` at a time."""
+    width = len(rows[0])  # 5: an EventRow
+    step = _one_step(conn)
     params = list(itertools.chain.from_iterable(rows))
     for start in range(0, len(rows), step):
         count = min(step, len(rows) - start)
         conn.execute(_insert_rows(count), params[start * width : (start + count) * width])
+
+
+def _one_step(conn: sqlite3.Connection) -> int:
+    """How many events one statement inserts: :data:`ROWS_PER_STATEMENT`, or fewer where
+    SQLite allows fewer bound parameters."""
+    return min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5)
 
 
 @functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
