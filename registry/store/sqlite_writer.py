@@ -1,7 +1,8 @@
 """SQLite's side of the group-commit writer: its statements, its errors, its checkpoints.
 
 The writer's connection lives on a thread of its own (see ``sqlite_thread``), and a batch is
-one job there: one ``BEGIN IMMEDIATE`` transaction, committed. Its events go in by
+one job there: one ``BEGIN IMMEDIATE`` transaction, committed (a batch of a few events
+alone is one statement, a transaction of its own). Its events go in by
 multi-row ``INSERT ... VALUES`` statements of up to :data:`ROWS_PER_STATEMENT` rows; run
 starts, provider ids and run ends use ``executemany``. Copying the WAL back into the
 database runs on a connection of its own beside the writer (see
@@ -61,6 +62,8 @@ INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?
 # Rows per multi-row insert: fewer statements per batch, while their text stays small and
 # cached (two distinct ones per batch at most: a full statement, and the rest).
 ROWS_PER_STATEMENT = 256
+# Bound parameters per event row (an EventRow).
+_COLUMNS = 5
 SET_SESSION_PROVIDER_ID = "UPDATE sessions SET provider_session_id = ? WHERE session_id = ?"
 SET_RUN_PROVIDER_ID = "UPDATE runs SET provider_session_id = ? WHERE run_id = ?"
 END_RUN = """
@@ -213,18 +216,17 @@ def _commit(conn: sqlite3.Connection, writes: list[tuple[str, list[tuple[Any, ..
 
 def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert event rows, :func:`_one_step` at a time."""
-    width = len(rows[0])  # 5: an EventRow
     step = _one_step(conn)
     params = list(itertools.chain.from_iterable(rows))
     for start in range(0, len(rows), step):
         count = min(step, len(rows) - start)
-        conn.execute(_insert_rows(count), params[start * width : (start + count) * width])
+        conn.execute(_insert_rows(count), params[start * _COLUMNS : (start + count) * _COLUMNS])
 
 
 def _one_step(conn: sqlite3.Connection) -> int:
     """How many events one statement inserts: :data:`ROWS_PER_STATEMENT`, or fewer where
     SQLite allows fewer bound parameters."""
-    return min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5)
+    return min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS)
 
 
 @functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
