@@ -174,9 +174,8 @@ async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot open the database: {exc}") from exc
     try:
-        # PRAGMA takes no bound parameters; these are our own integers.
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await db.execute("PRAGMA foreign_keys = ON")
+        for pragma in _connection_pragmas(busy_timeout):
+            await db.execute(pragma)
     except sqlite3.Error as exc:
         await db.close()
         raise StoreError(f"{path}: cannot open the database: {exc}") from exc
@@ -201,13 +200,18 @@ async def _setup_file(db: aiosqlite.Connection, path: str) -> None:
         raise StoreError(f"{path}: cannot open the database: {exc}") from exc
 
 
+def _connection_pragmas(busy_timeout: float) -> list[str]:
+    """The settings of every connection to the file."""
+    # PRAGMA takes no bound parameters; this is our own integer.
+    return [f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}", "PRAGMA foreign_keys = ON"]
+
+
 def _writer_settings(busy_timeout: float) -> Callable[[sqlite3.Connection], None]:
     """The writer's connection settings, made on its thread."""
 
     def setup(conn: sqlite3.Connection) -> None:
-        # PRAGMA takes no bound parameters; these are our own integers.
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in _connection_pragmas(busy_timeout):
+            conn.execute(pragma)
         conn.execute("PRAGMA synchronous = NORMAL")
         # Checkpoints run beside the writer (see SQLiteBackend); this is only the backstop
         # that bounds the WAL (~40 MB) should they fall behind a constant stream of commits.

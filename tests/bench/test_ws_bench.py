@@ -12,6 +12,8 @@ import pytest
 
 from bench.ws_bench import Subscriber
 
+from .test_chaos import event as ev
+
 
 class Messages:
     """Stands in for a client connection: yields the given messages."""
@@ -22,18 +24,6 @@ class Messages:
     async def __aiter__(self) -> AsyncIterator[str]:
         for message in self.messages:
             yield message
-
-
-def ev(run_id: str, seq: int, kind: str = "text_delta") -> dict[str, Any]:
-    return {
-        "type": "event",
-        "session_id": "s",
-        "run_id": run_id,
-        "seq": seq,
-        "kind": kind,
-        "ts": 0,
-        "data": {"seq": 99},
-    }
 
 
 async def consume(messages: list[Any], runs: int = 1) -> Subscriber:
