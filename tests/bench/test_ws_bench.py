@@ -5,7 +5,6 @@ in bulk or frame by frame."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,18 @@ from .test_chaos import event as ev
 
 
 class Messages:
-    """Stands in for a client connection: yields the given messages."""
+    """Stands in for a client connection: receives the given messages, then fails as a
+    closed connection does."""
 
     def __init__(self, messages: list[Any]) -> None:
-        self.messages = [json.dumps(m) for m in messages]
+        self.messages = iter([json.dumps(m).encode() for m in messages])
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        for message in self.messages:
-            yield message
+    async def recv(self, decode: bool | None = None) -> bytes:
+        assert decode is False, "the benchmark decodes UTF-8 itself"
+        try:
+            return next(self.messages)
+        except StopIteration:
+            raise EOFError("no more messages") from None
 
 
 async def consume(messages: list[Any], runs: int = 1) -> Subscriber:
@@ -56,6 +59,8 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
         [[ev("a", 2), ev("a", 3)]],  # not from the start
         [[ev("a", 1), ev("a", 2)], ev("a", 4)],  # a gap before a single frame
         [[ev("a", 1), ev("b", 2)]],  # consecutive seqs, but of two runs
+        [[ev("a", 1), ev("b", 1), ev("a", 3)]],  # a gap among two runs' events
+        [[ev("a", 1), {"type": "pong"}, ev("a", 3)]],  # a gap around a reply
     ],
 )
 async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any]) -> None:
