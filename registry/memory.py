@@ -741,10 +741,11 @@ class MemoryRegistry:
         if boundary is not None:
             buffer = boundary.buffer
             start_seq = buffer.first_seq
-            if len(buffer) == buffer.capacity and has_history(self._store):
-                # A full buffer drops its oldest event on every publish: a cursor there would
-                # be overrun by the first event published while the store is read or the
-                # replay is sent. Start it halfway in; the store supplies the rest.
+            if len(buffer) == buffer.capacity and not boundary.done and has_history(self._store):
+                # A running run's full buffer drops its oldest event on every publish: a
+                # cursor there would be overrun by the first event published while the store
+                # is read or the replay is sent. Start it halfway in; the store supplies the
+                # rest. A completed run's buffer no longer changes: the store reads less.
                 start_seq += buffer.capacity // 2
             sub = Subscription(state, boundary, start_seq, (run_id, after_seq))
             before: Position | None = Position(boundary.run_id, start_seq)

@@ -96,6 +96,23 @@ async def test_overrun_position_is_filled_from_the_store(
     assert positions(drain(sub)) == expected
 
 
+@pytest.mark.parametrize("by_id", [False, True])
+async def test_a_completed_runs_full_buffer_is_replayed_from_its_oldest_event(
+    sreg: MemoryRegistry, store: FakeStore, by_id: bool
+) -> None:
+    run_id = await run_once(sreg, "s1", sreg.buffer_size + 4)  # memory holds its last events
+    run = sreg.get_run(run_id)
+    assert run is not None
+    assert run.status == "completed"
+    first_kept = run.last_seq - sreg.buffer_size + 1
+    sub = await sreg.subscribe("s1", owner="alice", run_id=run_id if by_id else None, after_seq=1)
+    assert sub.info is not None
+    assert sub.info.recovered is True
+    # The store supplies only what the buffer no longer holds.
+    assert store.history_calls == [("s1", Position(run_id, 1), Position(run_id, first_kept))]
+    assert positions(drain(sub)) == after(store.events, "s1", run_id, 1)
+
+
 async def test_evicted_runs_then_memory(
     sreg: MemoryRegistry, store: FakeStore, clock: ManualClock
 ) -> None:
@@ -109,10 +126,10 @@ async def test_evicted_runs_then_memory(
     sub = await sreg.subscribe("s1", owner="alice", run_id=old, after_seq=2)
     assert sub.info is not None
     assert sub.info.recovered is True
-    # Memory is whole only from the middle run's oldest buffered event on.
+    # Memory is whole only from the middle run's oldest buffered event on; that run is
+    # completed, so its buffer stays as it is and the cursor starts at its oldest event.
     first_kept = sreg.get_run(middle).last_seq - sreg.buffer_size + 1  # type: ignore[union-attr]
-    cursor = first_kept + sreg.buffer_size // 2
-    assert store.history_calls == [("s1", Position(old, 2), Position(middle, cursor))]
+    assert store.history_calls == [("s1", Position(old, 2), Position(middle, first_kept))]
     assert positions(drain(sub)) == after(store.events, "s1", old, 2)
     publish_texts(sreg, "s1", 1)
     assert positions(drain(sub)) == [(latest.run_id, 4)]
