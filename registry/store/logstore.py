@@ -37,6 +37,7 @@ from .records import (
     session_record,
     turns_of,
 )
+from .shared import SharedCalls
 from .sql import Dialect, Params, Tx, marks
 from .writer import ALL, ProviderId, RunEnd, RunStart, Writer
 
@@ -105,6 +106,9 @@ class LogStore(ABC):
         self._completes: dict[str, dict[str, Any]] = {}
         self._decoder = msgspec.json.Decoder(dict[str, Any])
         self._digests = DigestCache()
+        self._history_reads: SharedCalls[
+            tuple[str, Position | None, Position], list[Event] | None
+        ] = SharedCalls()
 
     # The engine's part ------------------------------------------------------------------
 
@@ -304,7 +308,22 @@ class LogStore(ABC):
 
         ``after=None`` starts at the session's first run; ``before=None`` (or a run the log
         does not have) reads to the end. Flushes first, so every published event is here.
+
+        Equal reads with a ``before`` at the same time are one read (see :mod:`.shared`):
+        what they return was all published before ``before`` was, so before the first of
+        them began. Their callers then share the list and its events, which must not be
+        changed. A read to the end is never shared: a later one may see more.
         """
+        if before is None:
+            return await self._read_history(session_id, after, before)
+        key = (session_id, after, before)
+        return await self._history_reads.run(
+            key, lambda: self._read_history(session_id, after, before)
+        )
+
+    async def _read_history(
+        self, session_id: str, after: Position | None, before: Position | None
+    ) -> list[Event] | None:
         await self._settle()
         ords = await self._ords(session_id, after, before)
         if ords is None:

@@ -27,7 +27,7 @@ from .recovery import end_running_runs
 from .schema import NewerSchema, migrate
 from .sql import SQLITE, Dialect, Params
 from .sqlite_thread import WriterConnection
-from .sqlite_writer import SQLiteBackend, SQLiteTx
+from .sqlite_writer import SQLiteBackend, SQLiteTx, rows_per_statement
 from .writer import Writer
 
 log = logging.getLogger("runwire.store")
@@ -98,6 +98,7 @@ class SQLiteStore(LogStore):
             writer_db = await WriterConnection.open(name, _writer_settings(busy_timeout))
             recovered = await _recover(writer_db, to_ms(clock.now()))
             next_ord = await _max_ord(writer_db)
+            rows = await writer_db.call(rows_per_statement)
             reader_db = await _connect(name, busy_timeout)
             others.append(reader_db)
             await reader_db.execute("PRAGMA query_only = ON")
@@ -114,7 +115,7 @@ class SQLiteStore(LogStore):
             raise
         await setup_db.close()
         writer = Writer(
-            SQLiteBackend(writer_db, checkpoint_db, name),
+            SQLiteBackend(writer_db, checkpoint_db, name, rows),
             flush_delay=flush_delay,
             batch_size=batch_size,
         )

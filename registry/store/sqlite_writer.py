@@ -119,9 +119,16 @@ class SQLiteBackend:
 
     refused = REFUSED
 
-    def __init__(self, db: WriterConnection, checkpointer: aiosqlite.Connection, path: str) -> None:
+    def __init__(
+        self,
+        db: WriterConnection,
+        checkpointer: aiosqlite.Connection,
+        path: str,
+        rows_per_statement: int,
+    ) -> None:
         self.name = path
         self._db = db
+        self._rows_per_statement = rows_per_statement
         self._tx = SQLiteTx(db)
         self._checkpointer = checkpointer
         self._checkpoint_wanted = anyio.Event()
@@ -138,8 +145,8 @@ class SQLiteBackend:
         await self._db.execute(statement)
 
     async def commit(self, plan: Plan) -> None:
-        writes = batch_writes(STATEMENTS, plan)
-        await self._db.call(lambda conn: _commit(conn, writes))
+        steps = _batch_steps(batch_writes(STATEMENTS, plan), self._rows_per_statement)
+        await self._db.call(lambda conn: _commit(conn, steps))
 
     async def apply(self, op: LogOp, row: EventRow | None) -> None:
         for statement, params in op_writes(STATEMENTS, op, row):
@@ -198,32 +205,49 @@ class SQLiteBackend:
                 log.warning("checkpointing %s failed: %s", self.name, exc)
 
 
-def _commit(conn: sqlite3.Connection, writes: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    """A batch's writes in one transaction, on the writer's thread."""
-    if len(writes) == 1 and writes[0][0] is INSERT_EVENT and len(writes[0][1]) <= _one_step(conn):
+# One statement of a batch: its parameters, and whether it runs once per row of them
+# (``executemany``) or once.
+Step = tuple[str, list[Any], bool]
+
+
+def _batch_steps(
+    writes: list[tuple[str, list[tuple[Any, ...]]]], rows_per_statement: int
+) -> list[Step]:
+    """A batch's statements with their parameters bound up, ready for :func:`_commit`.
+
+    Made on the event loop, not on the writer's thread: the thread holds the GIL while it
+    runs Python, and the loop, having handed it the batch, waits for the GIL meanwhile.
+    """
+    steps: list[Step] = []
+    for statement, rows in writes:
+        if statement is not INSERT_EVENT:
+            steps.append((statement, rows, True))
+            continue
+        params = list(itertools.chain.from_iterable(rows))
+        for start in range(0, len(rows), rows_per_statement):
+            count = min(rows_per_statement, len(rows) - start)
+            bound = params[start * _COLUMNS : (start + count) * _COLUMNS]
+            steps.append((_insert_rows(count), bound, False))
+    return steps
+
+
+def _commit(conn: sqlite3.Connection, steps: list[Step]) -> None:
+    """A batch's statements in one transaction, on the writer's thread."""
+    if len(steps) == 1 and not steps[0][2]:
         # A few events alone: one statement is a transaction of its own, and the thread
         # takes the GIL back once, not three times (a busy loop can make each a wait).
-        _insert_events(conn, writes[0][1])
+        conn.execute(steps[0][0], steps[0][1])
         return
     conn.execute("BEGIN IMMEDIATE")
-    for statement, rows in writes:
-        if statement is INSERT_EVENT:
-            _insert_events(conn, rows)
+    for statement, params, many in steps:
+        if many:
+            conn.executemany(statement, params)
         else:
-            conn.executemany(statement, rows)
+            conn.execute(statement, params)
     conn.execute("COMMIT")
 
 
-def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert event rows, :func:`_one_step` at a time."""
-    step = _one_step(conn)
-    params = list(itertools.chain.from_iterable(rows))
-    for start in range(0, len(rows), step):
-        count = min(step, len(rows) - start)
-        conn.execute(_insert_rows(count), params[start * _COLUMNS : (start + count) * _COLUMNS])
-
-
-def _one_step(conn: sqlite3.Connection) -> int:
+def rows_per_statement(conn: sqlite3.Connection) -> int:
     """How many events one statement inserts: :data:`ROWS_PER_STATEMENT`, or fewer where
     SQLite allows fewer bound parameters."""
     return min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS)

@@ -3,6 +3,7 @@ MemoryRegistry subscriber served from the log then the buffer, with no gap and n
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from registry import Event, ManualClock, MemoryRegistry, Position, RunSummary, Subscription
@@ -152,6 +153,33 @@ async def test_read_history_sees_what_was_just_published(backend: Backend) -> No
         assert [e.seq for e in history] == list(range(6, 12))
     finally:
         await store.close()
+
+
+async def test_equal_reads_at_the_same_time_are_one_read(store: Store) -> None:
+    registry = MemoryRegistry(store=store)
+    sid, (r1, r2) = await session_with_runs(store, registry, [3, 2])
+    reads: dict[int, list[Event] | None] = {}
+
+    async def read(index: int, before: Position | None) -> None:
+        reads[index] = await store.read_history(sid, Position(r1, 1), before)
+
+    bounds = [Position(r2, 2)] * 3 + [Position(r2, 3)] + [None] * 2
+    async with anyio.create_task_group() as tg:
+        for index, before in enumerate(bounds):
+            tg.start_soon(read, index, before)
+    same = reads[0]
+    assert same is not None
+    assert positions(same) == [(r1, s) for s in range(2, 6)] + [(r2, 1)]
+    # One read's events, shared; a read of another stretch is its own.
+    assert reads[1] is same
+    assert reads[2] is same
+    other = reads[3]
+    assert other is not None
+    assert other is not same
+    assert positions(other) == [*positions(same), (r2, 2)]
+    # Reads to the end may return events published after the first began: never shared.
+    assert reads[4] == reads[5]
+    assert reads[4] is not reads[5]
 
 
 # Through MemoryRegistry -------------------------------------------------------------------
