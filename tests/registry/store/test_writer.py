@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from registry import Event, MemoryRegistry, RunSummary
 from registry.store import SQLiteStore, Store
+from registry.store.sqlite_writer import ROW_STEP, ROWS_PER_STATEMENT, statement_sizes
 
 from .conftest import Backend, started, stored_events, until
 
@@ -177,21 +178,44 @@ async def test_the_log_keeps_each_kind_and_data_text_as_the_frame_has_them(
 
 
 async def test_a_batch_of_several_insert_statements_is_written_whole(backend: Backend) -> None:
-    # SQLite inserts a batch's events 256 rows per statement: two full ones and the rest,
-    # in one transaction, in order.
+    # SQLite inserts these 2,501 events by statements of 1,024, 1,024, 448 and 5 rows, in
+    # one transaction, in order.
     store = await backend.open(flush_delay=3600, batch_size=10_000)
     try:
         registry, sid, run_id = await started(store)
-        for i in range(600):
+        for i in range(2500):
             registry.publish(sid, "text_delta", {"text": str(i)})
         await store.flush()
         assert store.stats.flushes == 1
         assert store.stats.write_errors == 0  # not rescued by writing one by one
         events = await backend.events(run_id)
-        assert [seq for seq, _, _ in events] == list(range(1, 602))
-        assert [data["text"] for _, _, data in events[1:]] == [str(i) for i in range(600)]
+        assert [seq for seq, _, _ in events] == list(range(1, 2502))
+        assert [data["text"] for _, _, data in events[1:]] == [str(i) for i in range(2500)]
     finally:
         await store.close()
+
+
+@given(st.integers(1, 20_000), st.sampled_from([ROWS_PER_STATEMENT, 199, 64, 10]))
+def test_a_batch_is_inserted_by_statements_of_few_sizes(count: int, most: int) -> None:
+    sizes = statement_sizes(count, most)
+    assert sum(sizes) == count
+    assert all(0 < size <= most for size in sizes)
+    # Whole statements first, then at most two: a multiple of the step, and fewer rows.
+    step = min(ROW_STEP, most)
+    rest = [size for size in sizes if size != most]
+    assert sizes[: len(sizes) - len(rest)] == [most] * (len(sizes) - len(rest))
+    assert len(rest) <= 2
+    assert all(size % step == 0 or size < step for size in rest)
+
+
+def test_every_statement_size_fits_the_statement_cache() -> None:
+    # sqlite3 keeps 128 compiled statements per connection; compiling costs ~2.5 µs a row.
+    sizes = {
+        size
+        for count in range(1, 3 * ROWS_PER_STATEMENT)
+        for size in statement_sizes(count, ROWS_PER_STATEMENT)
+    }
+    assert len(sizes) <= 100
 
 
 async def test_runs_and_events_in_order_with_one_write_per_batch(backend: Backend) -> None:
