@@ -391,7 +391,7 @@ class Sender:
             elif reply["code"] not in EXPECTED_ERRORS:
                 self.violations.add(f"send to {self.session_id}: {reply}")
             return False
-        status, run_id = reply.get("status"), reply.get("run_id")
+        status, run_id = reply.get("status"), str(reply.get("run_id"))
         known = self.accepted.get(msg_id)
         if known is not None and (status != "duplicate" or run_id != known):
             self.violations.add(f"resend of {msg_id} gave {status} {run_id}, not {known}")

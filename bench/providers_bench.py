@@ -27,7 +27,7 @@ import anyio
 
 from providers import CommandProvider, CommandSpec, EchoProvider, ProviderRequest, make_source
 from providers.openai import _EventStream, _Reply
-from registry import MemoryRegistry
+from registry import MemoryRegistry, RunNotice
 
 
 def emit(name: str, value: float, unit: str, **extra: Any) -> None:
@@ -38,7 +38,13 @@ async def echo_rate(chunks: int) -> float:
     async with MemoryRegistry(buffer_size=chunks + 10) as registry:
         source = make_source(EchoProvider(), options={"chunks": chunks, "delay_ms": 0}, store=None)
         finished = anyio.Event()
-        registry.listen(lambda notice: finished.set() if notice.kind == "run_finished" else None)
+        registry.listen(
+            lambda notice: (
+                finished.set()
+                if isinstance(notice, RunNotice) and notice.kind == "run_finished"
+                else None
+            )
+        )
         start = time.perf_counter()
         started = await registry.start("s", owner="bench", content="x" * 64, source=source)
         await finished.wait()
