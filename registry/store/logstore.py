@@ -310,9 +310,9 @@ class LogStore(ABC):
         does not have) reads to the end. Flushes first, so every published event is here.
 
         Equal reads with a ``before`` at the same time are one read (see :mod:`.shared`):
-        what they return was all published before ``before`` was, so before the first of
-        them began. Their callers then share the list and its events, which must not be
-        changed. A read to the end is never shared: a later one may see more.
+        the events they are for were all published before ``before``, so before the first
+        of them began. Their callers then share the list and its events, which must not
+        be changed. A read to the end is never shared: a later one may see more.
         """
         if before is None:
             return await self._read_history(session_id, after, before)
