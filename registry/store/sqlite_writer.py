@@ -22,7 +22,7 @@ import functools
 import itertools
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import anyio
@@ -60,10 +60,11 @@ INSERT_RUN = """
 """
 INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
 # Rows per multi-row insert. After each statement the writer's thread waits to take the
-# GIL back (up to ~0.5 ms while the loop is busy), so a batch goes fastest in few, big
-# statements. But SQLite compiles one for ~2.5 µs a row, so they come in few sizes, all
-# kept in the connection's statement cache (128): whole statements of this many rows, then
-# the rest in at most two, a multiple of ROW_STEP rows and fewer than ROW_STEP.
+# GIL back (about 0.4 ms on average while the loop is busy, at most the interpreter's 5 ms
+# switch interval), so a batch goes fastest in few, big statements. But SQLite compiles a
+# statement for ~2.5 µs a row, so they come in few sizes, all kept in the connection's
+# statement cache (128): whole statements of this many rows, then the rest in at most
+# two, a multiple of ROW_STEP rows and fewer than ROW_STEP.
 ROWS_PER_STATEMENT = 1024
 ROW_STEP = 64
 # Bound parameters per event row (an EventRow).
@@ -209,9 +210,13 @@ class SQLiteBackend:
                 log.warning("checkpointing %s failed: %s", self.name, exc)
 
 
-# One statement of a batch: its parameters, and whether it runs once per row of them
-# (``executemany``) or once.
-Step = tuple[str, list[Any], bool]
+class Step(NamedTuple):
+    """One statement of a batch, with its parameters."""
+
+    statement: str
+    params: list[Any]
+    many: bool
+    """Run once per row of ``params`` (``executemany``), or once."""
 
 
 def _batch_steps(
@@ -225,13 +230,13 @@ def _batch_steps(
     steps: list[Step] = []
     for statement, rows in writes:
         if statement is not INSERT_EVENT:
-            steps.append((statement, rows, True))
+            steps.append(Step(statement, rows, True))
             continue
         params = list(itertools.chain.from_iterable(rows))
         start = 0
         for count in statement_sizes(len(rows), rows_per_statement):
             bound = params[start * _COLUMNS : (start + count) * _COLUMNS]
-            steps.append((_insert_rows(count), bound, False))
+            steps.append(Step(_insert_rows(count), bound, False))
             start += count
     return steps
 
@@ -251,10 +256,10 @@ def statement_sizes(count: int, most: int) -> list[int]:
 
 def _commit(conn: sqlite3.Connection, steps: list[Step]) -> None:
     """A batch's statements in one transaction, on the writer's thread."""
-    if len(steps) == 1 and not steps[0][2]:
-        # A few events alone: one statement is a transaction of its own, and the thread
-        # takes the GIL back once, not three times (a busy loop can make each a wait).
-        conn.execute(steps[0][0], steps[0][1])
+    if len(steps) == 1 and not steps[0].many:
+        # Events alone, in one statement: a transaction of its own, and the thread takes
+        # the GIL back once, not three times (a busy loop can make each a wait).
+        conn.execute(steps[0].statement, steps[0].params)
         return
     conn.execute("BEGIN IMMEDIATE")
     for statement, params, many in steps:
