@@ -151,21 +151,6 @@ async def test_a_burst_yielded_after_the_run_ended_is_dropped(live: MemoryRegist
         assert sub.rest() == []
 
 
-async def test_a_kind_with_a_nul_ends_the_run_with_error(live: MemoryRegistry) -> None:
-    # No database keeps it whole: refused before it is numbered, not stored cut short.
-    async with live:
-
-        async def source(ctx: RunContext) -> AsyncIterator[Any]:
-            yield [("text", {"text": "a"}), ("te\x00xt", {"text": "b"})]
-
-        sub = RunReader(await live.subscribe("s1", owner="alice"))
-        await live.start("s1", owner="alice", content="go", source=source)
-        events = await sub.next_run()
-        assert kinds(events) == ["user_message", "text", "complete"]
-        assert events[-1].data["reason"] == "error"
-        assert "NUL" in events[-1].data["error"]
-
-
 async def test_a_burst_is_published_in_order_with_one_timestamp(
     live: MemoryRegistry, clock: ManualClock
 ) -> None:
@@ -198,20 +183,28 @@ async def test_a_burst_is_published_in_order_with_one_timestamp(
         assert sub.rest() == []
 
 
+@pytest.mark.parametrize(
+    ("burst", "why"),
+    [
+        ([("text", {"text": "a"}), ("text", "not a dict"), ("text", {"text": "b"})], "not a dict"),
+        # No database keeps a NUL whole: refused before it is numbered, not stored cut short.
+        ([("text", {"text": "a"}), ("te\x00xt", {"text": "b"})], "NUL"),
+    ],
+)
 async def test_a_bad_pair_in_a_burst_ends_with_error_after_the_good_ones(
-    live: MemoryRegistry,
+    live: MemoryRegistry, burst: list[Any], why: str
 ) -> None:
     async with live:
 
         async def source(ctx: RunContext) -> AsyncIterator[Any]:
-            yield [("text", {"text": "a"}), ("text", "not a dict"), ("text", {"text": "b"})]
+            yield burst
 
         sub = RunReader(await live.subscribe("s1", owner="alice"))
         await live.start("s1", owner="alice", content="go", source=source)
         events = await sub.next_run()
         assert kinds(events) == ["user_message", "text", "complete"]
         assert events[-1].data["reason"] == "error"
-        assert "not a dict" in events[-1].data["error"]
+        assert why in events[-1].data["error"]
 
 
 async def test_source_complete_stops_the_source(live: MemoryRegistry) -> None:
