@@ -4,7 +4,10 @@ Starts ``runwire serve`` in its own process (SQLite file in a temporary director
 provider, default settings) and drives it from this process over loopback with the
 ``websockets`` client (no compression). Every subscriber checks that it receives every
 event of every run it follows exactly once and in order. Prints one JSON object per line:
-``{"name", "value", "unit", ...details}``.
+``{"name", "value", "unit", ...details}``. The throughput figures also give the CPU seconds
+the server and this client used while they were measured (``server_cpu_s``,
+``client_cpu_s``): both share one machine, so a figure that falls short with the two adding
+up to every core was bound by the machine rather than by waiting.
 
     .venv/bin/python -m bench.ws_bench [--quick]
 """
@@ -23,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -255,6 +258,18 @@ async def close_all(sockets: list[ClientConnection]) -> None:
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
+class Followed(NamedTuple):
+    """What :func:`follow_runs` measured."""
+
+    subs: list[Subscriber]
+    seconds: float
+    """From the first send to the last subscriber's last ``complete``."""
+    server_cpu_s: float | None
+    """CPU seconds the servers used meanwhile (``None`` where that cannot be read)."""
+    client_cpu_s: float
+    """CPU seconds this process used meanwhile."""
+
+
 async def follow_runs(
     servers: Sequence[Server],
     *,
@@ -264,14 +279,13 @@ async def follow_runs(
     subscribers: int,
     sessions: int = 1,
     latencies: bool = False,
-) -> tuple[list[Subscriber], float]:
+) -> Followed:
     """``sessions`` fresh sessions, each followed live by every one of ``subscribers``
     connections; then one echo run in each, all at once.
 
     The connections are spread evenly over ``servers`` (several processes of one
     deployment), and session ``i``'s run is sent through ``servers[i % len(servers)]``,
-    which drives it. Returns the subscribers and the seconds from the first send to the
-    last subscriber's last ``complete``.
+    which drives it.
     """
     session_ids = [await new_session(servers[0]) for _ in range(sessions)]
     sockets = await open_spread(servers, subscribers, batch=batch)
@@ -284,6 +298,7 @@ async def follow_runs(
         await connect(server.url(batch=False), compression=None, max_size=None)
         for server in servers[:sessions]
     ]
+    server_cpu, client_cpu = servers_cpu_seconds(servers), time.process_time()
     started = time.perf_counter()
     for index, session_id in enumerate(session_ids):
         options = echo(chunks, delay_ms)
@@ -293,26 +308,61 @@ async def follow_runs(
         )
     await asyncio.gather(*readers)
     elapsed = max(sub.done_at for sub in subs) - started
+    client_cpu = time.process_time() - client_cpu
+    server_end = servers_cpu_seconds(servers)
+    server_cpu = None if server_cpu is None or server_end is None else server_end - server_cpu
     for sub in subs:
         assert sub.events == sessions * (chunks + 3), "every subscriber gets every event"
     await close_all([*sockets, *controls])
-    return subs, elapsed
+    return Followed(subs, elapsed, server_cpu, client_cpu)
+
+
+def servers_cpu_seconds(servers: Sequence[Server]) -> float | None:
+    """CPU seconds the servers' processes have used so far, or ``None`` where one cannot be
+    read (a server this process did not start, or no Linux ``/proc``)."""
+    total = 0.0
+    for server in servers:
+        used = None if server.process is None else cpu_seconds(server.process.pid)
+        if used is None:
+            return None
+        total += used
+    return total
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds process ``pid`` has used, from Linux's ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return stat_cpu_seconds(file.read(), os.sysconf("SC_CLK_TCK"))
+    except OSError:
+        return None
+
+
+def stat_cpu_seconds(stat: str, ticks_per_s: int) -> float:
+    """User plus system time from the text of a ``/proc/PID/stat``."""
+    # The command name (the second field) may hold spaces and parentheses: the fields are
+    # counted from its closing one; utime and stime are the 14th and 15th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s
 
 
 async def throughput(
     servers: Sequence[Server], *, chunks: int, batch: bool, subscribers: int
 ) -> dict[str, Any]:
     """Events/s of one run (``delay_ms`` 0), counted until every subscriber has all."""
-    subs, elapsed = await follow_runs(
+    followed = await follow_runs(
         servers, chunks=chunks, delay_ms=0, batch=batch, subscribers=subscribers
     )
-    events = subs[0].events
+    events = followed.subs[0].events
+    server_cpu = followed.server_cpu_s
     return {
-        "value": round(events / elapsed),
+        "value": round(events / followed.seconds),
         "events": events,
         "subscribers": subscribers,
-        "seconds": round(elapsed, 3),
-        "lagged": sum(s.lagged for s in subs),
+        "seconds": round(followed.seconds, 3),
+        "lagged": sum(s.lagged for s in followed.subs),
+        "server_cpu_s": None if server_cpu is None else round(server_cpu, 3),
+        "client_cpu_s": round(followed.client_cpu_s, 3),
     }
 
 
@@ -340,7 +390,7 @@ async def paced_delay(
     previous = measured = 0.0
     for _ in range(5):
         chunks = max(1, int(rate * trial / sessions))
-        subs, _ = await follow_runs(
+        subs, *_ = await follow_runs(
             servers,
             chunks=chunks,
             delay_ms=delay_ms,
@@ -380,7 +430,7 @@ async def latency(
         servers, rate=rate, sessions=sessions, subscribers=subscribers, trial=trial
     )
     chunks = max(1, int(seconds * min(rate, reached) / sessions))
-    subs, _ = await follow_runs(
+    subs, *_ = await follow_runs(
         servers,
         chunks=chunks,
         delay_ms=delay_ms,

@@ -1,15 +1,23 @@
 """The WebSocket benchmark's subscriber check: it counts every event once and in order,
 and a gap, a duplicate or an event out of order fails it, whether a message is checked
-in bulk or frame by frame."""
+in bulk or frame by frame. Also how it reads the CPU time a server used."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 import pytest
 
-from bench.ws_bench import Subscriber
+from bench.ws_bench import (
+    Server,
+    Subscriber,
+    cpu_seconds,
+    servers_cpu_seconds,
+    stat_cpu_seconds,
+)
 
 from .test_chaos import event as ev
 
@@ -66,3 +74,19 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
 async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any]) -> None:
     with pytest.raises(AssertionError, match="expected seq"):
         await consume(messages)
+
+
+def test_cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() -> None:
+    stat = "4242 (uvi (x) y) S 1 4242 4242 0 -1 4194560 810 0 0 0 250 57 3 1 20 0 3 0 9"
+    assert stat_cpu_seconds(stat, 100) == pytest.approx(3.07)
+
+
+def test_cpu_time_of_a_process_agrees_with_its_own_clock() -> None:
+    used = cpu_seconds(os.getpid())
+    assert used is not None
+    assert used == pytest.approx(time.process_time(), abs=0.1)
+
+
+def test_cpu_time_is_none_where_it_cannot_be_read() -> None:
+    assert cpu_seconds(-1) is None
+    assert servers_cpu_seconds([Server(None, 1)]) is None
