@@ -9,6 +9,7 @@ Only counts are asserted here, never times.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,9 @@ async def test_abuse_short_run_keeps_the_server_up_and_every_limit():
 # The checks themselves: each must flag what it exists to catch.
 
 
-def event(run_id, seq, kind="text_delta", data=None):
+def event(
+    run_id: str, seq: int, kind: str = "text_delta", data: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "type": "event",
         "session_id": "s",
@@ -63,14 +66,14 @@ def event(run_id, seq, kind="text_delta", data=None):
     }
 
 
-def run_log(run_id, length, msg_id="m"):
+def run_log(run_id: str, length: int, msg_id: str = "m") -> list[dict[str, Any]]:
     events = [event(run_id, 1, "user_message", {"content": "x", "client_msg_id": msg_id})]
     events += [event(run_id, seq) for seq in range(2, length)]
     events.append(event(run_id, length, "complete", {"reason": "done"}))
     return events
 
 
-def follower(violations):
+def follower(violations: Violations) -> Follower:
     return Follower(ServerProcess(":memory:", []), "u", "s", violations, random.Random(0))
 
 

@@ -119,7 +119,7 @@ class StalledClient:
         """Read what has arrived (at least one message) and decode its frames."""
         while True:
             messages = [e for e in await self._receive() if isinstance(e, Frame)]
-            out = [json.loads(m.data) for m in messages if m.opcode is Opcode.TEXT]
+            out = [json.loads(bytes(m.data)) for m in messages if m.opcode is Opcode.TEXT]
             if out:
                 return out
 

@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
+from websockets.typing import Origin
 
 from gateway.settings import Settings
 
@@ -298,10 +299,10 @@ async def test_origin_allow_list(tmp_path):
     settings_ = replace(make_settings(str(tmp_path / "db")), origins=("https://app.example",))
     async with serve(settings_) as server:
         with pytest.raises(InvalidStatus) as refused:
-            await connect(server.url(), origin="https://evil.example")
+            await connect(server.url(), origin=Origin("https://evil.example"))
         assert refused.value.response.status_code == 403
         host = server.base_url.removeprefix("http://")
-        for origin in (f"http://{host}", "https://app.example", None):
+        for origin in (Origin(f"http://{host}"), Origin("https://app.example"), None):
             async with connect(server.url(), origin=origin) as ws:
                 await ws.send(json.dumps({"type": "ping", "id": 1}))
                 assert json.loads(await ws.recv()) == {"type": "pong", "id": 1}

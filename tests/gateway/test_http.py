@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -110,8 +111,8 @@ async def test_history_is_paginated_in_order(server):
         run1 = await client.events_until_complete()
         ack2 = await client.send_message(sid, options={"chunks": 4, "delay_ms": 0})
         run2 = await client.events_until_complete(ack2["run_id"])
-        pages: list[list[dict]] = []
-        params: dict = {"limit": 4}
+        pages: list[list[dict[str, Any]]] = []
+        params: dict[str, Any] = {"limit": 4}
         while True:
             body = (await http.get(f"/api/sessions/{sid}/events", params=params)).json()
             pages.append(body["events"])

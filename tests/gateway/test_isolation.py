@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .helpers import WAIT
 
 MISSING = "s_doesnotexist000"
 
 
-def _scrub(reply: dict, session_id: str) -> dict:
+def _scrub(reply: dict[str, Any], session_id: str) -> dict[str, Any]:
     """A reply with ids and the session id blanked, to compare foreign with missing."""
     text = reply.get("message", "").replace(session_id, "<sid>")
     return {**reply, "id": None, "session_id": None, "message": text}

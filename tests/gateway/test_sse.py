@@ -27,10 +27,12 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             message[name] = value
 
 
-async def read_until(response, *, stop_after: int | None = None) -> tuple[list[dict], dict]:
+async def read_until(
+    response, *, stop_after: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Event frames until a complete (or ``stop_after`` events); the subscribed info."""
-    events: list[dict] = []
-    subscribed: dict = {}
+    events: list[dict[str, Any]] = []
+    subscribed: dict[str, Any] = {}
     async for message in sse_events(response):
         if message.get("event") == "subscribed":
             subscribed = json.loads(message["data"])

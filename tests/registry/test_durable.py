@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from registry import Event, ManualClock, MemoryRegistry
+from registry import Event, ManualClock, MemoryRegistry, RunNotice
 
 from .fakes import FakeStore, drain, kinds, positions
 
@@ -143,7 +143,11 @@ async def test_a_source_that_outruns_the_disk_waits_for_it(clock: ManualClock, b
                 got.extend(await sub.next_batch())  # raises Lagged if events were lost
 
         finished = anyio.Event()
-        reg.listen(lambda notice: finished.set() if notice.kind == "run_finished" else None)
+        reg.listen(
+            lambda n: (
+                finished.set() if isinstance(n, RunNotice) and n.kind == "run_finished" else None
+            )
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(disk)
             tg.start_soon(reader)

@@ -183,7 +183,7 @@ async def test_a_failing_store_read_leaves_no_subscription(
     async def broken(*args: object) -> list[Event] | None:
         raise OSError("disk gone")
 
-    store.read_history = broken  # type: ignore[method-assign]
+    store.read_history = broken  # type: ignore[method-assign,assignment]
     await sreg.start("s1", owner="alice", content="hi")
     publish_texts(sreg, "s1", sreg.buffer_size + 1)
     with pytest.raises(OSError, match="disk gone"):

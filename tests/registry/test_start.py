@@ -7,6 +7,7 @@ import pytest
 from registry import (
     ManualClock,
     MemoryRegistry,
+    Notice,
     QueueFull,
     RunInProgress,
     RunNotice,
@@ -247,13 +248,15 @@ async def test_store_hears_of_each_start(sreg: MemoryRegistry, store: FakeStore)
 
 
 async def test_listeners_hear_starts_and_finishes(reg: MemoryRegistry) -> None:
-    heard: list[RunNotice] = []
+    heard: list[Notice] = []
     stop = reg.listen(heard.append)
     first = await reg.start("s1", owner="alice", content="hi")
     reg.publish("s1", "complete", {})
     stop()
     await reg.start("s1", owner="alice", content="unheard")
-    assert [(n.kind, n.owner, n.run.run_id, n.run.status) for n in heard] == [
+    runs = [n for n in heard if isinstance(n, RunNotice)]
+    assert runs == heard
+    assert [(n.kind, n.owner, n.run.run_id, n.run.status) for n in runs] == [
         ("run_started", "alice", first.run_id, "running"),
         ("run_finished", "alice", first.run_id, "completed"),
     ]
@@ -262,7 +265,7 @@ async def test_listeners_hear_starts_and_finishes(reg: MemoryRegistry) -> None:
 async def test_a_failing_listener_does_not_stop_the_run(
     reg: MemoryRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def boom(notice: RunNotice) -> None:
+    def boom(notice: Notice) -> None:
         raise RuntimeError("listener broke")
 
     reg.listen(boom)

@@ -35,9 +35,11 @@ async def close_stores(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     open store's connection threads would keep the interpreter from exiting."""
     opened: list[Store] = []
     for cls in (SQLiteStore, PostgresStore):
-        original = cls.open.__func__  # type: ignore[attr-defined]
+        original = vars(cls)["open"].__func__
 
-        async def tracked(cls: type[Any], *args: Any, __open: Any = original, **kwargs: Any) -> Any:
+        async def tracked(
+            cls: type[Any], /, *args: Any, __open: Any = original, **kwargs: Any
+        ) -> Any:
             store = await __open(cls, *args, **kwargs)
             opened.append(store)
             return store

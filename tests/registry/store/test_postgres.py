@@ -16,9 +16,9 @@ from registry import Event, RunSummary
 from registry.store import PostgresStore, StoreError
 from registry.store.postgres import redact
 from registry.store.postgres_schema import SCHEMA_VERSION, migrate
-from tests.servers import free_port
+from tests.servers import Databases, free_port
 
-from .conftest import Databases, PostgresDatabase, started
+from .conftest import PostgresDatabase, started
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ MemoryRegistry subscriber served from the log then the buffer, with no gap and n
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -210,7 +212,10 @@ async def test_frames_replayed_from_the_log_are_the_frames_first_sent(store: Sto
     registry = MemoryRegistry(store=store, buffer_size=4)
     sid = (await store.create_session(owner=OWNER, provider="echo")).session_id
     run_id = (await registry.start(sid, owner=OWNER, content="q")).run_id
-    data = [{"text": 'é " \\ \u0001', "n": 1.5e300, "big": 2**70}, {"list": [None, True]}]
+    data: list[dict[str, Any]] = [
+        {"text": 'é " \\ \u0001', "n": 1.5e300, "big": 2**70},
+        {"list": [None, True]},
+    ]
     sent = [registry.publish(sid, "tool_result", d) for d in data * 3]
     first = {(e.run_id, e.seq): e.frame() for e in sent if e is not None}
     await store.flush()

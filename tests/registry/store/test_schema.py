@@ -30,7 +30,7 @@ async def test_a_new_file_gets_the_whole_schema_in_wal_mode(db_path: Path) -> No
         assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
         # Connection settings of the writer: NORMAL sync (1), foreign keys, a busy timeout.
         for pragma, expected in (("synchronous", 1), ("foreign_keys", 1), ("busy_timeout", 5000)):
-            found = await store._writer_db.fetch(f"PRAGMA {pragma}")  # type: ignore[attr-defined]
+            found = await store._writer_db.fetch(f"PRAGMA {pragma}")
             assert found == [(expected,)], pragma
     finally:
         await store.close()

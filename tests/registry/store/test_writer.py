@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry import Event, MemoryRegistry, RunSummary
+from registry import Event, MemoryRegistry, RunNotice, RunSummary
 from registry.store import SQLiteStore, Store
 from registry.store.sqlite_writer import ROW_STEP, ROWS_PER_STATEMENT, statement_sizes
 
@@ -337,7 +337,11 @@ async def test_data_that_is_not_json_in_a_burst_keeps_its_seq(
         async with MemoryRegistry(store=store) as registry:
             finished = anyio.Event()
             registry.listen(
-                lambda notice: finished.set() if notice.kind == "run_finished" else None
+                lambda n: (
+                    finished.set()
+                    if isinstance(n, RunNotice) and n.kind == "run_finished"
+                    else None
+                )
             )
             with caplog.at_level(logging.ERROR, logger="runwire.store"):
                 result = await registry.start(
