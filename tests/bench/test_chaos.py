@@ -20,7 +20,7 @@ from bench.crash import crash
 from bench.soak import soak
 
 
-async def test_soak_short_run_finds_nothing_wrong():
+async def test_soak_short_run_finds_nothing_wrong() -> None:
     figures = await soak(seconds=3, sessions=6, subscribers=2, run_ttl=1, warmup=1, seed=1)
     assert figures.violation_sample == []
     assert figures.violations == 0
@@ -30,7 +30,7 @@ async def test_soak_short_run_finds_nothing_wrong():
     assert figures.aborts > 0
 
 
-async def test_crash_short_run_recovers_every_client():
+async def test_crash_short_run_recovers_every_client() -> None:
     figures = await crash(crashes=2, sessions=4, subscribers=2, max_load_s=1.0, seed=1)
     assert figures.violation_sample == []
     assert figures.crashes == 2
@@ -39,7 +39,7 @@ async def test_crash_short_run_recovers_every_client():
     assert figures.events_checked > 0
 
 
-async def test_abuse_short_run_keeps_the_server_up_and_every_limit():
+async def test_abuse_short_run_keeps_the_server_up_and_every_limit() -> None:
     figures = await abuse(seconds=5, rate=100, stallers_count=3)
     assert figures["violation_sample"] == []
     assert figures["server_up"] is True
@@ -81,7 +81,7 @@ def follower(violations: Violations) -> Follower:
     ("seqs", "problem"),
     [([1, 2, 4], "seq 4 after 2"), ([1, 2, 2], "seq 2 after 2"), ([2], "seq 2 after 0")],
 )
-def test_a_follower_flags_gaps_and_duplicates(seqs, problem):
+def test_a_follower_flags_gaps_and_duplicates(seqs: list[int], problem: str) -> None:
     violations = Violations()
     watcher = follower(violations)
     for seq in seqs:
@@ -89,7 +89,7 @@ def test_a_follower_flags_gaps_and_duplicates(seqs, problem):
     assert any(problem in v for v in violations.sample), violations.sample
 
 
-def test_a_follower_flags_an_event_after_complete():
+def test_a_follower_flags_an_event_after_complete() -> None:
     violations = Violations()
     watcher = follower(violations)
     for frame in run_log("r1", 3):
@@ -98,7 +98,7 @@ def test_a_follower_flags_an_event_after_complete():
     assert any("after complete" in v for v in violations.sample)
 
 
-def test_received_content_must_match_the_log():
+def test_received_content_must_match_the_log() -> None:
     violations = Violations()
     watcher = follower(violations)
     log = run_log("r1", 4)
@@ -108,7 +108,7 @@ def test_received_content_must_match_the_log():
     assert any("differs from the log" in v for v in violations.sample)
 
 
-def test_a_follower_that_missed_a_later_run_is_flagged():
+def test_a_follower_that_missed_a_later_run_is_flagged() -> None:
     violations = Violations()
     watcher = follower(violations)
     log = run_log("r1", 3) + run_log("r2", 3, "m2") + run_log("r3", 3, "m3")
@@ -119,7 +119,7 @@ def test_a_follower_that_missed_a_later_run_is_flagged():
     assert any("missed runs" in v for v in violations.sample)
 
 
-def test_the_log_checks_flag_two_completes_and_lost_sends():
+def test_the_log_checks_flag_two_completes_and_lost_sends() -> None:
     violations = Violations()
     log = run_log("r1", 3)
     check_log("s", [*log, event("r1", 4, "complete")], violations)

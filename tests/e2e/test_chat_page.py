@@ -99,7 +99,9 @@ def no_repeat_seen(page: Page) -> None:
     assert page.evaluate("window.__notPrefix") == []
 
 
-def test_reloads_mid_stream_show_every_chunk_once(context: Any, server: Server, tmp_path: Path):
+def test_reloads_mid_stream_show_every_chunk_once(
+    context: Any, server: Server, tmp_path: Path
+) -> None:
     content = words(400)
     expected = f"{content} (turn 1)"
     page = open_page(context, server, expected=expected)
@@ -128,7 +130,7 @@ def test_reloads_mid_stream_show_every_chunk_once(context: Any, server: Server, 
 
 def test_two_pages_on_one_session_both_show_the_whole_stream(
     context: Any, server: Server, tmp_path: Path
-):
+) -> None:
     content = words(200, "t")
     expected = f"{content} (turn 1)"
     first = open_page(context, server, expected=expected)
@@ -162,7 +164,7 @@ def test_two_pages_on_one_session_both_show_the_whole_stream(
     save_screenshot(second, tmp_path, "two-pages-phone")
 
 
-def test_stop_ends_the_run_everywhere(context: Any, server: Server, tmp_path: Path):
+def test_stop_ends_the_run_everywhere(context: Any, server: Server, tmp_path: Path) -> None:
     page = open_page(context, server)
     send(page, words(100), {"chunks": 100, "delay_ms": 20, "hang": True})
     sid = session_id(page)
@@ -187,7 +189,7 @@ def test_stop_ends_the_run_everywhere(context: Any, server: Server, tmp_path: Pa
     save_screenshot(page, tmp_path, "stopped")
 
 
-def test_server_killed_and_restarted_mid_run(context: Any, server: Server, tmp_path: Path):
+def test_server_killed_and_restarted_mid_run(context: Any, server: Server, tmp_path: Path) -> None:
     content = words(300, "k")
     page = open_page(context, server, expected=f"{content} (turn 1)")
     send(page, content, {"chunks": 300, "delay_ms": 25})
@@ -213,7 +215,7 @@ def test_server_killed_and_restarted_mid_run(context: Any, server: Server, tmp_p
 
 def test_a_user_never_sees_another_users_sessions(
     browser: Any, context: Any, server: Server, tmp_path: Path
-):
+) -> None:
     alice = open_page(context, server)
     send(alice, "alice's secret plan", {"chunks": 4, "delay_ms": 1})
     alice_sid = session_id(alice)
@@ -245,7 +247,7 @@ def test_a_user_never_sees_another_users_sessions(
         bob_context.close()
 
 
-def test_sidebar_unread_rename_archive_delete(context: Any, server: Server, tmp_path: Path):
+def test_sidebar_unread_rename_archive_delete(context: Any, server: Server, tmp_path: Path) -> None:
     page = open_page(context, server)
     send(page, "first session", {"chunks": 40, "delay_ms": 20})
     first = session_id(page)
@@ -295,7 +297,7 @@ def test_sidebar_unread_rename_archive_delete(context: Any, server: Server, tmp_
 
 def test_fork_mid_history_opens_the_new_session_with_its_context(
     context: Any, server: Server, tmp_path: Path
-):
+) -> None:
     page = open_page(context, server)
     quick = {"chunks": 3, "delay_ms": 0}
     send(page, "alpha", {**quick, "tool": True})

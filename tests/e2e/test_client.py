@@ -138,7 +138,7 @@ def start(page: Page, options: str = "{}") -> None:
     page.wait_for_function("count('subscribed') === 1")
 
 
-def test_connects_with_token_and_batch(fake: tuple[Page, FakeServer]):
+def test_connects_with_token_and_batch(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     assert len(server.sockets) == 1
@@ -150,7 +150,7 @@ def test_connects_with_token_and_batch(fake: tuple[Page, FakeServer]):
     ]
 
 
-def test_batches_are_unpacked_and_repeats_dropped(fake: tuple[Page, FakeServer]):
+def test_batches_are_unpacked_and_repeats_dropped(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     server.push(event(1, "user_message"), event(2), event(2), event(3))
@@ -163,7 +163,7 @@ def test_batches_are_unpacked_and_repeats_dropped(fake: tuple[Page, FakeServer])
     assert page.evaluate("client.position('s1')") == {"run_id": RUN, "seq": 5}
 
 
-def test_a_gap_makes_it_resubscribe_from_its_last_position(fake: tuple[Page, FakeServer]):
+def test_a_gap_makes_it_resubscribe_from_its_last_position(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     server.push(event(1, "user_message"), event(2), event(4))
@@ -178,7 +178,7 @@ def test_a_gap_makes_it_resubscribe_from_its_last_position(fake: tuple[Page, Fak
     assert page.evaluate("client.stats.gaps") == 1
 
 
-def test_lagged_resubscribes_from_the_reported_position(fake: tuple[Page, FakeServer]):
+def test_lagged_resubscribes_from_the_reported_position(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     server.push(event(1, "user_message"), event(2))
@@ -192,7 +192,7 @@ def test_lagged_resubscribes_from_the_reported_position(fake: tuple[Page, FakeSe
 
 def test_reconnect_resumes_exactly_and_repeats_an_unanswered_send(
     fake: tuple[Page, FakeServer],
-):
+) -> None:
     page, server = fake
     server.ack_sends_from = 1  # the first connection never answers the send
     start(page)
@@ -217,7 +217,7 @@ def test_reconnect_resumes_exactly_and_repeats_an_unanswered_send(
     assert page.evaluate("window.acked.status") == "started"
 
 
-def test_a_silent_connection_is_dropped_and_replaced(fake: tuple[Page, FakeServer]):
+def test_a_silent_connection_is_dropped_and_replaced(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page, "{pingInterval: 50, pingTimeout: 100}")
     server.answer_pings = False  # a dead connection that the browser still thinks is open
@@ -225,7 +225,7 @@ def test_a_silent_connection_is_dropped_and_replaced(fake: tuple[Page, FakeServe
     assert server.sent("ping")[0][0] == 0
 
 
-def test_a_refresh_resumes_from_the_stored_position(fake: tuple[Page, FakeServer]):
+def test_a_refresh_resumes_from_the_stored_position(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     server.push(*(event(seq) for seq in range(1, 6)))
@@ -241,7 +241,7 @@ def test_a_refresh_resumes_from_the_stored_position(fake: tuple[Page, FakeServer
     assert page.evaluate("seqs()") == [6]
 
 
-def test_not_recovered_asks_for_history_and_accepts_the_jump(fake: tuple[Page, FakeServer]):
+def test_not_recovered_asks_for_history_and_accepts_the_jump(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     server.subscribed = {
         "run": None,
@@ -259,7 +259,7 @@ def test_not_recovered_asks_for_history_and_accepts_the_jump(fake: tuple[Page, F
     assert page.evaluate("client.stats.gaps") == 0
 
 
-def test_a_run_that_ended_without_its_complete_is_reported(fake: tuple[Page, FakeServer]):
+def test_a_run_that_ended_without_its_complete_is_reported(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     start(page)
     server.push(event(1, "user_message"), event(2), event(3))
@@ -272,7 +272,7 @@ def test_a_run_that_ended_without_its_complete_is_reported(fake: tuple[Page, Fak
     assert truncated == [SID, {"run_id": RUN, "last_seq": 3}]
 
 
-def test_an_error_frame_rejects_its_request_and_is_reported(fake: tuple[Page, FakeServer]):
+def test_an_error_frame_rejects_its_request_and_is_reported(fake: tuple[Page, FakeServer]) -> None:
     page, server = fake
     server.ack_sends_from = 99
     start(page)

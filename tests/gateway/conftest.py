@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from .helpers import Served, make_settings, serve
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path: Path) -> Settings:
     return make_settings(str(tmp_path / "runwire.db"))
 
 

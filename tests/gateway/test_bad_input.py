@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from websockets.typing import Origin
 
 from gateway.settings import Settings
 
-from .helpers import WAIT, make_settings, serve
+from .helpers import WAIT, Served, make_settings, serve
 
 # What each client frame type requires, and a valid value for every field.
 REQUIRED: dict[str, dict[str, Any]] = {
@@ -220,7 +221,7 @@ class ThreadedServer:
 
 
 @pytest.fixture(scope="module")
-def threaded(tmp_path_factory) -> Iterator[ThreadedServer]:
+def threaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
     db = str(tmp_path_factory.mktemp("bad") / "runwire.db")
     with ThreadedServer(make_settings(db)) as server:
         yield server
@@ -242,7 +243,9 @@ def _frame(ws: ClientConnection) -> dict[str, Any]:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(case=bad_messages)
-def test_every_bad_frame_gets_an_error_and_the_connection_still_works(connection, case):
+def test_every_bad_frame_gets_an_error_and_the_connection_still_works(
+    connection: ClientConnection, case: tuple[str | bytes, str, str | None]
+) -> None:
     message, code, field = case
     connection.send(message)
     reply = _frame(connection)
@@ -260,7 +263,7 @@ def test_every_bad_frame_gets_an_error_and_the_connection_still_works(connection
     assert _frame(connection) == {"type": "pong", "id": "alive"}
 
 
-async def test_oversized_message_closes_with_1009(tmp_path):
+async def test_oversized_message_closes_with_1009(tmp_path: Path) -> None:
     settings_ = replace(make_settings(str(tmp_path / "db")), max_frame=4096)
     async with serve(settings_) as server, server.client() as client:
         pong = await client.request({"type": "ping", "id": "x" * 3000})
@@ -272,7 +275,7 @@ async def test_oversized_message_closes_with_1009(tmp_path):
         assert closed.value.rcvd.code == 1009
 
 
-async def test_app_level_size_check_also_closes_with_1009(tmp_path):
+async def test_app_level_size_check_also_closes_with_1009(tmp_path: Path) -> None:
     # When the server in front allows more than max_frame, the gateway still refuses.
     settings_ = replace(make_settings(str(tmp_path / "db")), max_frame=4096)
     async with serve(settings_, ws_max_size=1 << 20) as server, server.client() as client:
@@ -283,7 +286,7 @@ async def test_app_level_size_check_also_closes_with_1009(tmp_path):
         assert closed.value.rcvd.code == 1009
 
 
-async def test_wrong_or_missing_token_is_refused_with_401(server):
+async def test_wrong_or_missing_token_is_refused_with_401(server: Served) -> None:
     for url in (server.url(None), server.ws_url + "?token=wrong"):
         with pytest.raises(InvalidStatus) as refused:
             await connect(url)
@@ -295,7 +298,7 @@ async def test_wrong_or_missing_token_is_refused_with_401(server):
         pass
 
 
-async def test_origin_allow_list(tmp_path):
+async def test_origin_allow_list(tmp_path: Path) -> None:
     settings_ = replace(make_settings(str(tmp_path / "db")), origins=("https://app.example",))
     async with serve(settings_) as server:
         with pytest.raises(InvalidStatus) as refused:

@@ -8,16 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from gateway.app import Gateway
 from gateway.settings import Settings
 
-from .helpers import assert_run_stream, serve
+from .helpers import Served, assert_run_stream, serve
 
 
-async def test_session_crud(server):
+async def test_session_crud(server: Served) -> None:
     async with server.http() as http:
         created = await http.post("/api/sessions", json={"title": "First"})
         assert created.status_code == 201
@@ -51,7 +52,7 @@ async def test_session_crud(server):
         assert (await http.delete(f"/api/sessions/{sid}")).status_code == 404
 
 
-async def test_http_errors_are_json_with_fitting_status(server):
+async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
     async with server.http() as http:
         cases = [
             (await http.post("/api/sessions", json={"provider": "nope"}), 400, "UNKNOWN_PROVIDER"),
@@ -103,7 +104,7 @@ async def test_http_errors_are_json_with_fitting_status(server):
         assert bad.json()["error"]["field"] == "kinds"
 
 
-async def test_history_is_paginated_in_order(server):
+async def test_history_is_paginated_in_order(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 3, "delay_ms": 0})
         sid = ack["session_id"]
@@ -128,7 +129,7 @@ async def test_history_is_paginated_in_order(server):
         assert_run_stream(run2, ack2["run_id"])
 
 
-async def test_handoff_notes(server):
+async def test_handoff_notes(server: Served) -> None:
     notes = {
         "summary": "Parser done; tests red on Windows paths",
         "next_steps": ["fix path joins", "rerun CI"],
@@ -172,13 +173,13 @@ async def test_handoff_notes(server):
         assert response.json()["error"]["code"] == "SESSION_NOT_FOUND"
 
 
-async def test_history_filtered_by_kinds(server):
+async def test_history_filtered_by_kinds(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 3, "delay_ms": 0, "tool": True})
         sid = ack["session_id"]
         await client.subscribe(sid)
         run = await client.events_until_complete()
-        params = {"kinds": "tool_use,tool_result,complete", "limit": 2}
+        params: dict[str, str | int] = {"kinds": "tool_use,tool_result,complete", "limit": 2}
         first = (await http.get(f"/api/sessions/{sid}/events", params=params)).json()
         following = first["next"]
         params.update(after_run=following["run_id"], after_seq=following["seq"])
@@ -192,7 +193,7 @@ async def test_history_filtered_by_kinds(server):
         assert response.status_code == 404
 
 
-async def test_metrics_report_the_gateway_in_prometheus_format(server):
+async def test_metrics_report_the_gateway_in_prometheus_format(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 10, "delay_ms": 0})
         await client.subscribe(ack["session_id"])
@@ -220,7 +221,7 @@ def _metrics(text: str) -> dict[str, float]:
     return values
 
 
-async def test_openapi_describes_every_route(server):
+async def test_openapi_describes_every_route(server: Served) -> None:
     async with server.http() as http:
         document = (await http.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.")
@@ -244,7 +245,7 @@ async def test_openapi_describes_every_route(server):
         assert methods <= set(paths[path]), path
 
 
-async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings):
+async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings) -> None:
     gateway = Gateway(settings)
 
     @asynccontextmanager
@@ -252,7 +253,7 @@ async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings):
         async with gateway.lifespan():
             yield
 
-    async def home(request):
+    async def home(request: Request) -> PlainTextResponse:
         return PlainTextResponse("parent app")
 
     parent = Starlette(
@@ -274,7 +275,9 @@ async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings):
             assert root.text == "parent app"
 
 
-async def test_chat_page_and_static_files_need_no_token_and_stay_in_their_folder(server):
+async def test_chat_page_and_static_files_need_no_token_and_stay_in_their_folder(
+    server: Served,
+) -> None:
     async with server.http(None) as anonymous:
         page = await anonymous.get("/")
         assert page.status_code == 200
@@ -293,7 +296,7 @@ async def test_chat_page_and_static_files_need_no_token_and_stay_in_their_folder
             assert "import" not in response.text
 
 
-async def test_providers_lists_the_offered_providers_and_the_default(server):
+async def test_providers_lists_the_offered_providers_and_the_default(server: Served) -> None:
     async with server.http() as http:
         body = (await http.get("/api/providers")).json()
     assert body["default"] == "echo"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .helpers import WAIT
+from .helpers import WAIT, Served
 
 MISSING = "s_doesnotexist000"
 
@@ -15,7 +15,7 @@ def _scrub(reply: dict[str, Any], session_id: str) -> dict[str, Any]:
     return {**reply, "id": None, "session_id": None, "message": text}
 
 
-async def test_frames_on_another_users_session_look_like_a_missing_session(server):
+async def test_frames_on_another_users_session_look_like_a_missing_session(server: Served) -> None:
     async with server.client("alice") as alice, server.client("bob") as bob:
         ack = await alice.send_message(options={"chunks": 5, "delay_ms": 0, "hang": True})
         theirs = ack["session_id"]
@@ -43,7 +43,7 @@ async def test_frames_on_another_users_session_look_like_a_missing_session(serve
         assert not [f for f in bob.backlog if f.get("session_id") == theirs]
 
 
-async def test_http_on_another_users_session_is_404(server):
+async def test_http_on_another_users_session_is_404(server: Served) -> None:
     async with server.client("alice") as alice, server.http("bob") as bob, server.http() as mine:
         ack = await alice.send_message(options={"chunks": 5, "delay_ms": 0, "hang": True})
         theirs = ack["session_id"]
@@ -75,7 +75,7 @@ async def test_http_on_another_users_session_is_404(server):
         assert (session["status"], session["running_run_id"]) == ("active", ack["run_id"])
 
 
-async def test_every_route_but_healthz_needs_a_token(server):
+async def test_every_route_but_healthz_needs_a_token(server: Served) -> None:
     async with server.http(None) as anonymous:
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
         for method, path in [

@@ -20,6 +20,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
+from gateway.settings import Settings
+
 from .helpers import WAIT, Client, assert_run_stream, make_settings, serve
 
 TOKEN_ARGS = ["--token", "tokA:alice", "--token", "tokB:bob"]
@@ -84,8 +86,8 @@ async def run_server(
 
 
 async def test_sigkill_mid_run_then_restart_delivers_persisted_events_and_server_restart(
-    tmp_path,
-):
+    tmp_path: Path,
+) -> None:
     db = str(tmp_path / "runwire.db")
     async with run_server(db) as server, server.client() as client:
         ack = await client.send_message(options={"chunks": 5000, "delay_ms": 2})
@@ -119,7 +121,7 @@ async def test_sigkill_mid_run_then_restart_delivers_persisted_events_and_server
             assert runs["runs"] == []
 
 
-async def test_a_send_acknowledged_as_started_survives_an_immediate_sigkill(tmp_path):
+async def test_a_send_acknowledged_as_started_survives_an_immediate_sigkill(tmp_path: Path) -> None:
     # The ack comes only once the run is committed: killing the server the moment the
     # client has it must not lose the run (its client would never see it again).
     db = str(tmp_path / "runwire.db")
@@ -147,7 +149,9 @@ async def test_a_send_acknowledged_as_started_survives_an_immediate_sigkill(tmp_
         ({"chunks": 25, "delay_ms": 20}, "done"),
     ],
 )
-async def test_sigterm_gives_runs_a_grace_period_then_closes_with_1012(tmp_path, options, reason):
+async def test_sigterm_gives_runs_a_grace_period_then_closes_with_1012(
+    tmp_path: Path, options: dict[str, Any], reason: str
+) -> None:
     db = str(tmp_path / "runwire.db")
     grace = "0.5" if reason == "server_restart" else "30"
     async with run_server(db, "--shutdown-grace", grace) as server, server.client() as client:
@@ -168,7 +172,7 @@ async def test_sigterm_gives_runs_a_grace_period_then_closes_with_1012(tmp_path,
         assert await client.events_until_complete() == events
 
 
-async def test_drain_refuses_new_sends_and_lets_the_run_finish(settings):
+async def test_drain_refuses_new_sends_and_lets_the_run_finish(settings: Settings) -> None:
     async with serve(replace(settings, shutdown_grace=30.0)) as server, server.client() as client:
         ack = await client.send_message(options={"chunks": 2, "delay_ms": 0, "hang": True})
         session_id = ack["session_id"]
@@ -188,7 +192,7 @@ async def test_drain_refuses_new_sends_and_lets_the_run_finish(settings):
         await drain
 
 
-async def test_server_sends_websocket_pings(tmp_path):
+async def test_server_sends_websocket_pings(tmp_path: Path) -> None:
     settings = replace(make_settings(str(tmp_path / "db")), ping_interval=0.05)
     async with serve(settings) as server:
         uri = parse_uri(server.url())
@@ -224,7 +228,7 @@ async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_help_explains_every_flag():
+async def test_help_explains_every_flag() -> None:
     code, out, _ = await _cli("--help")
     assert code == 0
     assert "serve" in out
@@ -277,7 +281,9 @@ async def test_help_explains_every_flag():
         ["--redis-prefix", "a:b"],
     ],
 )
-async def test_bad_flag_is_a_one_line_error_with_exit_code_2(args, tmp_path):
+async def test_bad_flag_is_a_one_line_error_with_exit_code_2(
+    args: list[str], tmp_path: Path
+) -> None:
     code, out, err = await _cli("serve", "--db", str(tmp_path / "db"), *args)
     assert code == 2
     assert out == ""
@@ -285,7 +291,7 @@ async def test_bad_flag_is_a_one_line_error_with_exit_code_2(args, tmp_path):
     assert "error" in err
 
 
-async def test_bad_tokens_env_and_unusable_db_are_one_line_errors(tmp_path):
+async def test_bad_tokens_env_and_unusable_db_are_one_line_errors(tmp_path: Path) -> None:
     code, _, err = await _cli("serve", env={"RUNWIRE_TOKENS": "a:b,broken"})
     assert code == 2
     assert len(err.strip().splitlines()) == 1
@@ -297,7 +303,9 @@ async def test_bad_tokens_env_and_unusable_db_are_one_line_errors(tmp_path):
     assert "--db" in err
 
 
-async def test_unreachable_engines_are_one_line_errors_naming_the_flag(postgres_url, tmp_path):
+async def test_unreachable_engines_are_one_line_errors_naming_the_flag(
+    postgres_url: str, tmp_path: Path
+) -> None:
     """Redis or PostgreSQL that cannot be reached: the flag is named, the password is not."""
     secret = "postgresql://runwire:s3cret@127.0.0.1:1/nowhere"
     code, _, err = await _cli("serve", "--redis", "redis://127.0.0.1:1/0", "--database", secret)
@@ -315,13 +323,13 @@ async def test_unreachable_engines_are_one_line_errors_naming_the_flag(postgres_
     assert ":pw@" not in err
 
 
-async def test_non_loopback_without_token_refuses_to_start(tmp_path):
+async def test_non_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
     code, _, err = await _cli("serve", "--host", "0.0.0.0", "--db", str(tmp_path / "db"))
     assert code == 2
     assert "without a token" in err
 
 
-async def test_loopback_without_token_prints_a_url_with_a_fresh_token(tmp_path):
+async def test_loopback_without_token_prints_a_url_with_a_fresh_token(tmp_path: Path) -> None:
     async with run_server(str(tmp_path / "db"), tokens=False) as server:
         text = "".join(server.output)
         match = re.search(r"Open: (http://127\.0\.0\.1:\d+/)\?token=(\S+)", text)
@@ -334,7 +342,7 @@ async def test_loopback_without_token_prints_a_url_with_a_fresh_token(tmp_path):
             assert (await http.get("/api/sessions", params={"token": "x"})).status_code == 401
 
 
-async def test_tokens_from_the_environment(tmp_path):
+async def test_tokens_from_the_environment(tmp_path: Path) -> None:
     db = str(tmp_path / "db")
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0", "--db", db]
     proc = await asyncio.create_subprocess_exec(
@@ -362,7 +370,7 @@ async def test_tokens_from_the_environment(tmp_path):
         await proc.wait()
 
 
-async def test_agent_clis_are_enabled_from_the_environment(tmp_path):
+async def test_agent_clis_are_enabled_from_the_environment(tmp_path: Path) -> None:
     fake = str(Path(__file__).parents[1] / "providers" / "fakes" / "fake_claude.py")
     env = {"RUNWIRE_CLAUDE_BIN": fake}
     async with (
@@ -375,7 +383,7 @@ async def test_agent_clis_are_enabled_from_the_environment(tmp_path):
     assert body == {"providers": ["echo", "claude"], "default": "echo"}
 
 
-async def test_an_unconfigured_default_provider_is_a_one_line_error(tmp_path):
+async def test_an_unconfigured_default_provider_is_a_one_line_error(tmp_path: Path) -> None:
     code, _, err = await _cli("serve", "--db", str(tmp_path / "db"), "--provider", "claude")
     assert code == 2
     assert "--provider: 'claude' is not configured (available: echo)" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -12,7 +13,7 @@ import pytest
 from providers import EchoProvider, ProviderRegistry
 from registry import LocalRegistry
 
-from .helpers import assert_run_stream, make_settings, serve
+from .helpers import Served, assert_run_stream, make_settings, serve
 
 HANG = {"chunks": 2, "delay_ms": 0, "hang": True}
 
@@ -34,7 +35,9 @@ class Stoppable:
             self.stopped.set()
 
 
-async def test_abort_by_frame_completes_once_for_every_subscriber_and_stops_provider(tmp_path):
+async def test_abort_by_frame_completes_once_for_every_subscriber_and_stops_provider(
+    tmp_path: Path,
+) -> None:
     stoppable = Stoppable()
     providers = ProviderRegistry([EchoProvider(), stoppable])
     async with (
@@ -69,7 +72,7 @@ async def test_abort_by_frame_completes_once_for_every_subscriber_and_stops_prov
         assert not [f for f in tab1.backlog if f["type"] == "event"]
 
 
-async def test_abort_by_http(server):
+async def test_abort_by_http(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options=HANG)
         session_id = ack["session_id"]
@@ -89,7 +92,9 @@ async def test_abort_by_http(server):
 
 
 @pytest.mark.parametrize("chunks", [0, 1, 2, 5, 20])
-async def test_abort_racing_the_providers_own_complete_never_yields_two(server, chunks):
+async def test_abort_racing_the_providers_own_complete_never_yields_two(
+    server: Served, chunks: int
+) -> None:
     async with server.client() as client:
         options = {"chunks": chunks, "delay_ms": 0, "extra_complete": True}
         ack = await client.send_message(options=options)
@@ -108,7 +113,7 @@ async def test_abort_racing_the_providers_own_complete_never_yields_two(server, 
         assert not [f for f in client.backlog if f["type"] == "event"]
 
 
-async def test_idempotent_send_returns_the_original_run(tmp_path):
+async def test_idempotent_send_returns_the_original_run(tmp_path: Path) -> None:
     settings = replace(make_settings(str(tmp_path / "db")), run_ttl=0)
     async with serve(settings) as server, server.client() as client:
         first = await client.send_message(options={"chunks": 3, "delay_ms": 0})
@@ -131,7 +136,7 @@ async def test_idempotent_send_returns_the_original_run(tmp_path):
             assert (later["status"], later["run_id"]) == ("duplicate", again["run_id"])
 
 
-async def test_reject_policy_refuses_a_second_send(server):
+async def test_reject_policy_refuses_a_second_send(server: Served) -> None:
     async with server.client() as client:
         ack = await client.send_message(options=HANG)
         reply = await client.send_message(ack["session_id"])
@@ -140,7 +145,7 @@ async def test_reject_policy_refuses_a_second_send(server):
         assert reply["session_id"] == ack["session_id"]
 
 
-async def test_enqueue_policy_runs_in_order_and_is_bounded(tmp_path):
+async def test_enqueue_policy_runs_in_order_and_is_bounded(tmp_path: Path) -> None:
     settings = replace(make_settings(str(tmp_path / "db")), queue_limit=1)
     async with serve(settings) as server, server.client() as client:
         first = await client.send_message(options=HANG)
@@ -163,7 +168,7 @@ async def test_enqueue_policy_runs_in_order_and_is_bounded(tmp_path):
         assert run2[-1]["data"]["reason"] == "done"
 
 
-async def test_interrupt_policy_ends_the_running_run_and_starts_the_new_one(server):
+async def test_interrupt_policy_ends_the_running_run_and_starts_the_new_one(server: Served) -> None:
     async with server.client() as client:
         first = await client.send_message(options=HANG)
         session_id = first["session_id"]
@@ -180,7 +185,7 @@ async def test_interrupt_policy_ends_the_running_run_and_starts_the_new_one(serv
     assert_run_stream(run2, second["run_id"])
 
 
-async def test_locked_session_refuses_sends_but_lets_the_run_finish(server):
+async def test_locked_session_refuses_sends_but_lets_the_run_finish(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 20, "delay_ms": 5})
         session_id = ack["session_id"]
@@ -193,7 +198,7 @@ async def test_locked_session_refuses_sends_but_lets_the_run_finish(server):
         assert events[-1]["data"]["reason"] == "done"
 
 
-async def test_archived_session_is_read_only_but_readable(server):
+async def test_archived_session_is_read_only_but_readable(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 3, "delay_ms": 0})
         session_id = ack["session_id"]
@@ -209,7 +214,9 @@ async def test_archived_session_is_read_only_but_readable(server):
         assert history.json()["events"] == events
 
 
-async def test_run_started_finished_and_session_deleted_reach_every_connection_of_owner(server):
+async def test_run_started_finished_and_session_deleted_reach_every_connection_of_owner(
+    server: Served,
+) -> None:
     async with (
         server.client() as alice1,
         server.client() as alice2,
@@ -239,7 +246,7 @@ async def test_run_started_finished_and_session_deleted_reach_every_connection_o
         assert bob.backlog == []
 
 
-async def test_delete_aborts_the_running_run(server):
+async def test_delete_aborts_the_running_run(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options=HANG)
         finished_wait = client.next_of("run_finished")
@@ -250,7 +257,7 @@ async def test_delete_aborts_the_running_run(server):
         assert runs["runs"] == []
 
 
-async def test_has_unread_when_a_run_completes_unwatched(server):
+async def test_has_unread_when_a_run_completes_unwatched(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 2, "delay_ms": 0})
         session_id = ack["session_id"]
@@ -267,7 +274,7 @@ async def test_has_unread_when_a_run_completes_unwatched(server):
         assert (await http.get(f"/api/sessions/{session_id}")).json()["has_unread"] is False
 
 
-async def test_list_runs_shows_running_runs_with_subscribers(server):
+async def test_list_runs_shows_running_runs_with_subscribers(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options=HANG)
         await client.subscribe(ack["session_id"])
@@ -281,7 +288,7 @@ async def test_list_runs_shows_running_runs_with_subscribers(server):
         assert session["running_run_id"] == ack["run_id"]
 
 
-async def test_send_rate_limit(tmp_path):
+async def test_send_rate_limit(tmp_path: Path) -> None:
     settings = replace(make_settings(str(tmp_path / "db")), send_rate=0.001, send_burst=2)
     async with serve(settings) as server, server.client() as client:
         for _ in range(2):
@@ -292,7 +299,7 @@ async def test_send_rate_limit(tmp_path):
             assert (await bob.send_message(options={"chunks": 0}))["type"] == "ack"
 
 
-async def test_unknown_provider_and_bad_options(server):
+async def test_unknown_provider_and_bad_options(server: Served) -> None:
     async with server.client() as client:
         unknown = await client.send_message(provider="nope")
         assert unknown["code"] == "UNKNOWN_PROVIDER"

@@ -1,7 +1,7 @@
-from .helpers import assert_run_stream
+from .helpers import Served, assert_run_stream
 
 
-async def test_send_subscribe_complete(server):
+async def test_send_subscribe_complete(server: Served) -> None:
     async with server.client() as client:
         ack = await client.send_message(content="hi there", options={"chunks": 5, "delay_ms": 0})
         assert (ack["type"], ack["status"]) == ("ack", "started")

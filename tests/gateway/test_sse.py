@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 
-from .helpers import assert_run_stream
+from gateway.settings import Settings
+
+from .helpers import Served, assert_run_stream
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -28,7 +30,7 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
 
 
 async def read_until(
-    response, *, stop_after: int | None = None
+    response: httpx.Response, *, stop_after: int | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Event frames until a complete (or ``stop_after`` events); the subscribed info."""
     events: list[dict[str, Any]] = []
@@ -46,7 +48,7 @@ async def read_until(
     return events, subscribed
 
 
-async def test_sse_resumes_with_last_event_id(server):
+async def test_sse_resumes_with_last_event_id(server: Served) -> None:
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 200, "delay_ms": 1})
         url = f"/api/sessions/{ack['session_id']}/stream"
@@ -66,7 +68,7 @@ async def test_sse_resumes_with_last_event_id(server):
         assert tail == (first + rest)[100:]
 
 
-async def test_sse_bad_last_event_id(server):
+async def test_sse_bad_last_event_id(server: Served) -> None:
     async with server.http() as http:
         sid = (await http.post("/api/sessions")).json()["session_id"]
         for value in ("garbage", "run:-1", ":5", "run:x"):
@@ -79,7 +81,9 @@ async def test_sse_bad_last_event_id(server):
         assert unknown.status_code == 400
 
 
-async def test_sse_stream_ends_on_shutdown_after_the_server_restart_complete(settings):
+async def test_sse_stream_ends_on_shutdown_after_the_server_restart_complete(
+    settings: Settings,
+) -> None:
     from dataclasses import replace
 
     from .helpers import serve

@@ -5,18 +5,28 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from gateway.settings import Settings
 from providers import EchoProvider, ProviderRegistry
 from registry import LocalRegistry
 
-from .helpers import Firehose, StalledClient, assert_run_stream, seqs, serve, small_window_socket
+from .helpers import (
+    Firehose,
+    Served,
+    StalledClient,
+    assert_run_stream,
+    seqs,
+    serve,
+    small_window_socket,
+)
 
 
-async def test_reconnects_at_random_points_receive_every_event_once(server):
+async def test_reconnects_at_random_points_receive_every_event_once(server: Served) -> None:
     rng = random.Random(6)
     owner = await server.open()
     ack = await owner.send_message(options={"chunks": 400, "delay_ms": 1})
@@ -50,7 +60,9 @@ async def test_reconnects_at_random_points_receive_every_event_once(server):
 
 
 @pytest.mark.parametrize("buffer_size", [5000, 16])
-async def test_late_subscriber_after_completion_gets_the_whole_run(tmp_path, buffer_size):
+async def test_late_subscriber_after_completion_gets_the_whole_run(
+    tmp_path: Path, buffer_size: int
+) -> None:
     settings_ = _settings(tmp_path, buffer_size=buffer_size)
     async with serve(settings_) as server, server.client() as client:
         ack = await client.send_message(options={"chunks": 100, "delay_ms": 0})
@@ -66,7 +78,7 @@ async def test_late_subscriber_after_completion_gets_the_whole_run(tmp_path, buf
         assert_run_stream(events, ack["run_id"])
 
 
-async def test_late_subscriber_after_eviction_replays_the_log(tmp_path):
+async def test_late_subscriber_after_eviction_replays_the_log(tmp_path: Path) -> None:
     async with serve(_settings(tmp_path, run_ttl=0)) as server, server.client() as client:
         ack = await client.send_message(options={"chunks": 50, "delay_ms": 0})
         await client.subscribe(ack["session_id"])
@@ -86,7 +98,7 @@ async def test_late_subscriber_after_eviction_replays_the_log(tmp_path):
             assert seqs(await resumed.events_until_complete()) == list(range(21, len(first) + 1))
 
 
-async def test_older_run_position_delivers_the_rest_then_later_runs(server):
+async def test_older_run_position_delivers_the_rest_then_later_runs(server: Served) -> None:
     async with server.client() as client:
         first = await client.send_message(options={"chunks": 3, "delay_ms": 0})
         session_id = first["session_id"]
@@ -100,7 +112,7 @@ async def test_older_run_position_delivers_the_rest_then_later_runs(server):
     assert events == run1[2:] + run2
 
 
-async def test_two_connections_on_one_session_each_get_every_event(server):
+async def test_two_connections_on_one_session_each_get_every_event(server: Served) -> None:
     async with server.client() as tab1, server.client() as tab2:
         ack = await tab1.send_message(options={"chunks": 200, "delay_ms": 0})
         await tab1.subscribe(ack["session_id"])
@@ -111,7 +123,7 @@ async def test_two_connections_on_one_session_each_get_every_event(server):
     assert events1 == events2
 
 
-async def test_batch_mode_packs_frames_into_arrays(server):
+async def test_batch_mode_packs_frames_into_arrays(server: Served) -> None:
     async with server.client(batch=True) as client:
         ack = await client.send_message(options={"chunks": 300, "delay_ms": 0})
         await client.subscribe(ack["session_id"])
@@ -121,7 +133,7 @@ async def test_batch_mode_packs_frames_into_arrays(server):
     assert len(client.raw_messages) < len(events)
 
 
-async def test_unsubscribe_stops_delivery(server):
+async def test_unsubscribe_stops_delivery(server: Served) -> None:
     async with server.client() as client:
         ack = await client.send_message(options={"chunks": 5, "delay_ms": 0, "hang": True})
         session_id = ack["session_id"]
@@ -141,7 +153,7 @@ async def test_unsubscribe_stops_delivery(server):
         assert not [f for f in client.backlog if f["type"] == "event"]
 
 
-async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_path):
+async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_path: Path) -> None:
     # Big events and a tiny replay buffer: while the client reads nothing, the writer waits
     # in send, the run overruns the subscription's cursor, and it ends with `lagged`.
     providers = ProviderRegistry([EchoProvider(), Firehose()])
@@ -182,7 +194,7 @@ async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_pat
     assert server.gateway.stats.lagged >= 1
 
 
-async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path):
+async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path: Path) -> None:
     async with serve(_settings(tmp_path, outbound_limit=20)) as server:
         sock = small_window_socket(server.base_url)
         client = await server.open(max_queue=1, sock=sock)
@@ -195,7 +207,7 @@ async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path):
         await server.gateway.hub.wait_empty()
 
 
-def _settings(tmp_path, **overrides: Any):
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     from .helpers import make_settings
 
     return replace(make_settings(str(tmp_path / "runwire.db")), **overrides)

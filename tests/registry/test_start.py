@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
 from registry import (
@@ -275,8 +278,8 @@ async def test_a_failing_listener_does_not_stop_the_run(
 
 
 async def test_source_needs_an_entered_registry(reg: MemoryRegistry) -> None:
-    async def source(ctx: object):  # pragma: no cover - never called
-        yield ("text", {})
+    async def source(ctx: object) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        yield ("text", {})  # pragma: no cover - never called
 
     with pytest.raises(RuntimeError, match="async with"):
         await reg.start("s1", owner="alice", content="hi", source=source)
