@@ -41,6 +41,11 @@ from .chaos import PATIENCE, ServerProcess, Violations, frames_of, new_session, 
 GOOD, FLOOD, STALL, SPAM, SNOOP = "good", "flood", "stall", "spam", "snoop"
 MAX_FRAME = 1 << 20
 BUFFER = 1000
+# Events a stalled run publishes before it is ended: past the replay buffer and all that
+# the buffers on the way to a staller hold (about 1 MB: the server's kernel send buffer,
+# its transport's, the client's receive window and the one message it queues), at about
+# 150 bytes an event, with room to spare.
+STALL_EVENTS = BUFFER + 9_000
 STALL_SESSIONS = 1
 MALFORMED: list[str | bytes] = [
     "not json",
@@ -159,7 +164,8 @@ async def stallers(
     sessions = [await new_session(server, STALL) for _ in range(STALL_SESSIONS)]
     control = await open_socket(server, STALL, batch=False)
     # Long runs at a modest rate (about a thousand events/s each): soon more than the
-    # replay buffer and the stallers' small socket buffers hold, so cursors are overrun.
+    # replay buffer and the stallers' small socket buffers hold, so cursors are overrun
+    # (by STALL_EVENTS at the latest, which the runs are let reach).
     options = {"chunks": 45_000, "delay_ms": 1, "chunk": "y" * 20}
     for session_id in sessions:
         send = {"type": "send", "session_id": session_id, "content": "go", "options": options}
@@ -183,6 +189,7 @@ async def stallers(
             counts.stall_rss_mb.append(round(server.rss_bytes() / 2**20, 1))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+        await _until_published(server, STALL_EVENTS)
         for session_id in sessions:
             await control.send(json.dumps({"type": "abort", "session_id": session_id}))
         for ws in sockets:
@@ -190,6 +197,19 @@ async def stallers(
     finally:
         for ws in [*sockets, control]:
             ws.transport.abort()
+
+
+async def _until_published(server: ServerProcess, events: int) -> None:
+    """Let the stallers' runs go on (at most :data:`PATIENCE`) until each is past seq
+    ``events``: on a slow machine the echo falls short of its pace, and the abuse may end
+    before the stallers were overrun. Whether they were is then checked by reading them."""
+    with contextlib.suppress(TimeoutError):
+        async with server.http(STALL) as http, asyncio.timeout(PATIENCE):
+            while True:
+                runs = (await http.get("/api/runs")).json()["runs"]
+                if all(run["last_seq"] >= events for run in runs):
+                    return
+                await asyncio.sleep(0.1)
 
 
 async def _small_window_socket(port: int) -> socket.socket:
