@@ -200,7 +200,7 @@ async def stallers(
 
 
 async def _until_published(server: ServerProcess, events: int) -> None:
-    """Let the stallers' runs go on (at most :data:`PATIENCE`) until each is past seq
+    """Let the stallers' runs go on (at most :data:`PATIENCE`) until each reaches seq
     ``events``: on a slow machine the echo falls short of its pace, and the abuse may end
     before the stallers were overrun. Whether they were is then checked by reading them."""
     with contextlib.suppress(TimeoutError):
