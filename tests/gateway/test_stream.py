@@ -20,6 +20,7 @@ from .helpers import (
     Served,
     StalledClient,
     assert_run_stream,
+    make_settings,
     seqs,
     serve,
     small_window_socket,
@@ -208,6 +209,4 @@ async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path: Pat
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    from .helpers import make_settings
-
     return replace(make_settings(str(tmp_path / "runwire.db")), **overrides)
