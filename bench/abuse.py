@@ -27,7 +27,6 @@ import contextlib
 import json
 import random
 import re
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,15 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .chaos import PATIENCE, ServerProcess, Violations, frames_of, new_session, open_socket
+from .chaos import (
+    PATIENCE,
+    ServerProcess,
+    Violations,
+    frames_of,
+    new_session,
+    open_socket,
+    small_window_socket,
+)
 
 GOOD, FLOOD, STALL, SPAM, SNOOP = "good", "flood", "stall", "spam", "snoop"
 MAX_FRAME = 1 << 20
@@ -176,7 +183,7 @@ async def stallers(
         # a small receive buffer: the kernel does not read on for it either.
         ws = await connect(
             server.ws_url(STALL),
-            sock=await _small_window_socket(server.port),
+            sock=await small_window_socket(server.port, rcvbuf=4096),
             compression=None,
             max_queue=1,
             max_size=None,
@@ -210,14 +217,6 @@ async def _until_published(server: ServerProcess, events: int) -> None:
                 if all(run["last_seq"] >= events for run in runs):
                     return
                 await asyncio.sleep(0.1)
-
-
-async def _small_window_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    return sock
 
 
 async def _read_to_lagged(ws: ClientConnection, sessions: int, violations: Violations) -> int:

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -170,6 +171,23 @@ async def open_socket(server: ServerProcess, user: str, *, batch: bool = True) -
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+async def small_window_socket(
+    port: int, *, host: str = "127.0.0.1", rcvbuf: int = 8192
+) -> socket.socket:
+    """A connected, non-blocking client socket with a small receive buffer, set before it
+    connects so the kernel does not grow it: a client that stops reading stops the server's
+    writes quickly (for stalled or slow clients)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def new_session(server: ServerProcess, user: str) -> str:

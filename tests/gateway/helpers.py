@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from bench.chaos import small_window_socket
 from gateway.app import Gateway, create_app
 from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import Settings
@@ -43,6 +44,10 @@ class Served:
     gateway: Gateway
     server: GatewayServer
     clients: list[Client] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def token(self, user: str) -> str:
         return USER_TOKEN[user]
@@ -77,17 +82,6 @@ class Served:
         return self.ws_url + ("?" + "&".join(query) if query else "")
 
 
-def small_window_socket(base_url: str, rcvbuf: int = 8192) -> socket.socket:
-    """A connected client socket with a small receive buffer (no autotuning), so a client
-    that stops reading stops the server's writes quickly."""
-    host, port = base_url.split("//", 1)[1].split("/", 1)[0].split(":")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    return sock
-
-
 class StalledClient:
     """A WebSocket client over a raw socket that reads only when told to.
 
@@ -104,7 +98,7 @@ class StalledClient:
 
     async def open(self) -> None:
         host, port = self._url.split("//", 1)[1].split("/", 1)[0].split(":")
-        sock = small_window_socket(f"http://{host}:{port}", self._rcvbuf)
+        sock = await small_window_socket(int(port), host=host, rcvbuf=self._rcvbuf)
         self._sock = sock
         self._protocol.send_request(self._protocol.connect())
         await self._flush()

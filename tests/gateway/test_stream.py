@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from bench.chaos import small_window_socket
 from gateway.settings import Settings
 from providers import EchoProvider, ProviderRegistry
 from registry import LocalRegistry
@@ -23,7 +24,6 @@ from .helpers import (
     make_settings,
     seqs,
     serve,
-    small_window_socket,
 )
 
 
@@ -197,7 +197,7 @@ async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_pat
 
 async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path: Path) -> None:
     async with serve(_settings(tmp_path, outbound_limit=20)) as server:
-        sock = small_window_socket(server.base_url)
+        sock = await small_window_socket(server.port)
         client = await server.open(max_queue=1, sock=sock)
         big = "p" * 200_000
         with contextlib.suppress(ConnectionClosed):
