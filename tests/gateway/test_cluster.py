@@ -610,6 +610,8 @@ async def test_reject_enqueue_and_interrupt_hold_across_processes(shared: Trio) 
         for client, received in followers.items():
             await subscribe(client, received)
         first = await a.send_message(session_id, content="1", options=HANG)
+        for client, received in followers.items():
+            await until_count(client, received, first["run_id"], 4)  # the run now hangs
         refused = await b.send_message(session_id, content="x", options=QUICK)
         assert (refused["type"], refused["code"]) == ("error", "RUN_IN_PROGRESS")
         assert refused["session_id"] == session_id

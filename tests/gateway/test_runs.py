@@ -278,10 +278,14 @@ async def test_list_runs_shows_running_runs_with_subscribers(server: Served) -> 
     async with server.client() as client, server.http() as http:
         ack = await client.send_message(options=HANG)
         await client.subscribe(ack["session_id"])
+        # user_message and HANG's text_deltas, then the run hangs: both listings see it idle.
+        for _ in range(1 + HANG["chunks"]):
+            await client.next_of("event")
         runs = await client.request({"type": "list_runs"})
         assert [r["run_id"] for r in runs["runs"]] == [ack["run_id"]]
         assert runs["runs"][0]["subscribers"] == 1
         assert runs["runs"][0]["status"] == "running"
+        assert runs["runs"][0]["last_seq"] == 1 + HANG["chunks"]
         response = await http.get("/api/runs", params={"status": "running"})
         assert response.json()["runs"] == runs["runs"]
         session = (await http.get(f"/api/sessions/{ack['session_id']}")).json()
