@@ -109,10 +109,70 @@ async def run_server(directory: str, *flags: str) -> AsyncIterator[Server]:
                 await process.wait()
 
 
+class Stretch(NamedTuple):
+    """A message that is the next stretch of one run's events (nearly every message of a
+    stream): seqs ``first`` to ``first + count - 1`` of ``run_id`` in order, with no
+    ``complete`` among them."""
+
+    run_id: str
+    first: int
+    length: int
+    ts: list[int]
+
+
+def stretch_of(message: bytes) -> Stretch | None:
+    """``message`` read as a :class:`Stretch`; ``None`` for any other message."""
+    try:
+        events = _decode_events(message)
+    except msgspec.ValidationError:
+        return None  # Not events only.
+    frames = events if isinstance(events, list) else [events]
+    if not frames:
+        return None
+    run_id, first, count = frames[0].run_id, frames[0].seq, len(frames)
+    if (
+        [f.seq for f in frames] != list(range(first, first + count))
+        or [f.run_id for f in frames].count(run_id) != count
+        or "complete" in [f.kind for f in frames]
+    ):
+        return None
+    return Stretch(run_id, first, count, [f.ts for f in frames])
+
+
+class Stretches:
+    """The messages of one measurement read as stretches, shared by its subscribers.
+
+    The server sends every subscriber of a run the same messages (the same events, woken
+    by the same commit), and all the subscribers live in this one process, on the machine
+    the server runs on: reading each distinct message once, instead of once per
+    subscriber, leaves that CPU to the server being measured. Each subscriber still checks
+    every message against its own position.
+    """
+
+    def __init__(self, limit_bytes: int = 32 * 2**20) -> None:
+        self._limit = limit_bytes
+        self._bytes = 0
+        self._read: dict[bytes, Stretch | None] = {}
+
+    def get(self, message: bytes) -> Stretch | None:
+        read = self._read
+        if message in read:
+            return read[message]
+        stretch = stretch_of(message)
+        if self._bytes + len(message) > self._limit:
+            # Subscribers move on together: what they read long ago will not come again.
+            read.clear()
+            self._bytes = 0
+        read[message] = stretch
+        self._bytes += len(message)
+        return stretch
+
+
 @dataclass
 class Subscriber:
     """One connection following ``runs`` runs; checks every event and resubscribes after
-    ``lagged`` (losing nothing)."""
+    ``lagged`` (losing nothing). Subscribers given one :class:`Stretches` share their
+    reading of messages that are alike."""
 
     ws: ClientConnection
     runs: int = 1
@@ -123,6 +183,7 @@ class Subscriber:
     first_at: float = 0.0
     done_at: float = 0.0
     latencies: list[float] | None = None
+    stretches: Stretches | None = None
 
     async def subscribe(self, session_id: str, run_id: str | None = None, after: int = 0) -> None:
         frame: dict[str, Any] = {"type": "subscribe", "session_id": session_id}
@@ -134,22 +195,18 @@ class Subscriber:
         """Read until ``runs`` runs completed."""
         latencies = self.latencies
         next_seq = self.next_seq
+        stretches = self.stretches
         while True:
             # Bytes: the decoder reads UTF-8 itself, so the text is not decoded twice.
             message = await self.ws.recv(decode=False)
             received_ms = time.time() * 1000
-            frames: list[EventFrame] | list[Frame]
-            try:
-                events = _decode_events(message)
-            except msgspec.ValidationError:
-                decoded = _decode(message)  # Not events only.
-                frames = decoded if isinstance(decoded, list) else [decoded]
-            else:
-                frames = events if isinstance(events, list) else [events]
-                if self.take_stretch(frames, received_ms):
-                    continue
-            for frame in frames:
-                if isinstance(frame, EventFrame) or frame.type == "event":
+            stretch = stretch_of(message) if stretches is None else stretches.get(message)
+            if stretch is not None and self.take_stretch(stretch, received_ms):
+                continue
+            # Anything else is checked frame by frame.
+            decoded = _decode(message)
+            for frame in decoded if isinstance(decoded, list) else [decoded]:
+                if frame.type == "event":
                     run_id = frame.run_id or ""
                     expected = next_seq.get(run_id, 1)
                     if frame.seq != expected:
@@ -172,28 +229,18 @@ class Subscriber:
                 elif frame.type == "error":
                     raise AssertionError(f"error frame: {message!r}")
 
-    def take_stretch(self, frames: list[EventFrame], received_ms: float) -> bool:
-        """Check and count in bulk a message that is the next stretch of one run's events,
-        without its ``complete`` (nearly every message of a stream), so that the client's
-        checking costs the shared machine less; returns ``False``, having taken nothing,
-        for any other message, which is then checked frame by frame."""
-        count = len(frames)
-        if not count:
+    def take_stretch(self, stretch: Stretch, received_ms: float) -> bool:
+        """Count a stretch in bulk if it starts where this subscriber is, so that the
+        client's checking costs the shared machine less; returns ``False``, having taken
+        nothing, otherwise (the message is then checked frame by frame)."""
+        if stretch.first != self.next_seq.get(stretch.run_id, 1):
             return False
-        run_id = frames[0].run_id
-        expected = self.next_seq.get(run_id, 1)
-        if (
-            [f.seq for f in frames] != list(range(expected, expected + count))
-            or [f.run_id for f in frames].count(run_id) != count
-            or "complete" in [f.kind for f in frames]
-        ):
-            return False
-        self.next_seq[run_id] = expected + count
+        self.next_seq[stretch.run_id] = stretch.first + stretch.length
         if self.events == 0:
             self.first_at = time.perf_counter()
-        self.events += count
+        self.events += stretch.length
         if self.latencies is not None:
-            self.latencies.extend([received_ms - f.ts for f in frames])
+            self.latencies.extend([received_ms - ts for ts in stretch.ts])
         return True
 
 
@@ -289,7 +336,12 @@ async def follow_runs(
     """
     session_ids = [await new_session(servers[0]) for _ in range(sessions)]
     sockets = await open_spread(servers, subscribers, batch=batch)
-    subs = [Subscriber(ws, runs=sessions, latencies=[] if latencies else None) for ws in sockets]
+    # One subscriber has nobody to share its reading with.
+    stretches = Stretches() if subscribers > 1 else None
+    subs = [
+        Subscriber(ws, runs=sessions, latencies=[] if latencies else None, stretches=stretches)
+        for ws in sockets
+    ]
     for sub in subs:
         for session_id in session_ids:
             await request(sub.ws, {"type": "subscribe", "session_id": session_id})
@@ -470,7 +522,8 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     assert ack.run_id is not None
     started = time.perf_counter()
     sockets = await open_clients(server, clients, batch=True)
-    storm = [Subscriber(ws) for ws in sockets]
+    stretches = Stretches()
+    storm = [Subscriber(ws, stretches=stretches) for ws in sockets]
 
     async def one(sub: Subscriber) -> None:
         await sub.subscribe(session_id, ack.run_id, 0)

@@ -1,6 +1,7 @@
 """The WebSocket benchmark's subscriber check: it counts every event once and in order,
 and a gap, a duplicate or an event out of order fails it, whether a message is checked
-in bulk or frame by frame. Also how it reads the CPU time a server used."""
+in bulk or frame by frame, and whether subscribers share their reading of messages. Also
+how it reads the CPU time a server used."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bench.ws_bench import (
     Server,
+    Stretches,
     Subscriber,
     cpu_seconds,
     servers_cpu_seconds,
@@ -37,8 +39,10 @@ class Messages:
             raise EOFError("no more messages") from None
 
 
-async def consume(messages: list[Any], runs: int = 1) -> Subscriber:
-    sub = Subscriber(Messages(messages), runs=runs)  # type: ignore[arg-type]
+async def consume(
+    messages: list[Any], runs: int = 1, stretches: Stretches | None = None
+) -> Subscriber:
+    sub = Subscriber(Messages(messages), runs=runs, stretches=stretches)  # type: ignore[arg-type]
     await sub.consume()
     return sub
 
@@ -71,9 +75,31 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
         [[ev("a", 1), {"type": "pong"}, ev("a", 3)]],  # a gap around a reply
     ],
 )
-async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any]) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any], shared: bool) -> None:
+    stretches = Stretches() if shared else None
     with pytest.raises(AssertionError, match="expected seq"):
-        await consume(messages)
+        await consume(messages, stretches=stretches)
+
+
+async def test_subscribers_sharing_their_reading_each_check_their_own_position() -> None:
+    stretches = Stretches()
+    messages = [[ev("a", 1), ev("a", 2)], [ev("a", 3), ev("a", 4)], [ev("a", 5, "complete")]]
+    for _ in range(3):
+        sub = await consume(messages, stretches=stretches)
+        assert (sub.events, sub.next_seq, sub.completes) == (5, {"a": 6}, 1)
+    # The same stretch again, already read, is still a duplicate for this subscriber.
+    with pytest.raises(AssertionError, match="expected seq"):
+        await consume([*messages[:2], messages[1], messages[2]], stretches=stretches)
+
+
+async def test_shared_reading_is_forgotten_past_its_size_limit() -> None:
+    stretches = Stretches(limit_bytes=200)
+    messages = [[ev("a", 1), ev("a", 2)], [ev("a", 3), ev("a", 4)], [ev("a", 5, "complete")]]
+    for _ in range(2):
+        sub = await consume(messages, stretches=stretches)
+        assert sub.events == 5
+    assert stretches._bytes <= 200
 
 
 def test_cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() -> None:
