@@ -3,7 +3,10 @@
 Starts ``runwire serve`` in its own process (SQLite file in a temporary directory, the echo
 provider, default settings) and drives it from this process over loopback with the
 ``websockets`` client (no compression). Every subscriber checks that it receives every
-event of every run it follows exactly once and in order. Prints one JSON object per line:
+event of every run it follows exactly once and in order; the subscribers of one
+measurement read each distinct message once between them (the server sends them the same
+ones) and each checks it against its own position, so that this one process does not
+bound what is measured. Prints one JSON object per line:
 ``{"name", "value", "unit", ...details}``. The throughput figures also give the CPU seconds
 the server and this client used while they were measured (``server_cpu_s``,
 ``client_cpu_s``): both share one machine, so a figure that falls short with the two adding
