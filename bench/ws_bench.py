@@ -129,7 +129,12 @@ def stretch_of(message: bytes) -> Stretch | None:
         events = _decode_events(message)
     except msgspec.ValidationError:
         return None  # Not events only.
-    frames = events if isinstance(events, list) else [events]
+    if not isinstance(events, list):
+        # One event alone (every message of an unbatched stream): no lists to build.
+        if events.kind == "complete":
+            return None
+        return Stretch(events.run_id, events.seq, 1, [events.ts])
+    frames = events
     if not frames:
         return None
     run_id, first, count = frames[0].run_id, frames[0].seq, len(frames)
