@@ -56,7 +56,7 @@ class Frame(msgspec.Struct):
 
 
 class EventFrame(msgspec.Struct, tag_field="type", tag="event", gc=False):
-    """The fields of an ``event`` frame that :meth:`Subscriber.take_stretch` checks."""
+    """The fields of an ``event`` frame that :func:`stretch_of` reads."""
 
     run_id: str
     seq: int
@@ -114,7 +114,7 @@ async def run_server(directory: str, *flags: str) -> AsyncIterator[Server]:
 
 class Stretch(NamedTuple):
     """A message that is the next stretch of one run's events (nearly every message of a
-    stream): seqs ``first`` to ``first + count - 1`` of ``run_id`` in order, with no
+    stream): seqs ``first`` to ``first + length - 1`` of ``run_id`` in order, with no
     ``complete`` among them."""
 
     run_id: str
@@ -134,17 +134,16 @@ def stretch_of(message: bytes) -> Stretch | None:
         if events.kind == "complete":
             return None
         return Stretch(events.run_id, events.seq, 1, [events.ts])
-    frames = events
-    if not frames:
+    if not events:
         return None
-    run_id, first, count = frames[0].run_id, frames[0].seq, len(frames)
+    run_id, first, count = events[0].run_id, events[0].seq, len(events)
     if (
-        [f.seq for f in frames] != list(range(first, first + count))
-        or [f.run_id for f in frames].count(run_id) != count
-        or "complete" in [f.kind for f in frames]
+        [e.seq for e in events] != list(range(first, first + count))
+        or [e.run_id for e in events].count(run_id) != count
+        or "complete" in [e.kind for e in events]
     ):
         return None
-    return Stretch(run_id, first, count, [f.ts for f in frames])
+    return Stretch(run_id, first, count, [e.ts for e in events])
 
 
 class Stretches:
