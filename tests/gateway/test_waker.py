@@ -1,11 +1,12 @@
-"""The writer's wake-up: no poke is lost between ``reset`` and ``wait``, and a cancelled wait
-leaves the waker usable."""
+"""The writer's wake-up: no poke is lost between ``reset`` and ``wait``, a subscription
+wakes it round after round, and a cancelled wait leaves the waker usable."""
 
 from __future__ import annotations
 
 import asyncio
 
 from gateway.waker import Waker
+from registry import MemoryRegistry, Subscription
 
 
 async def yield_a_few_times() -> None:
@@ -41,3 +42,30 @@ async def test_a_cancelled_wait_leaves_the_waker_usable() -> None:
     assert waiting.cancelled()
     waker.poke()  # nobody waits: nothing to resolve, and no error
     await waker.wait()
+
+
+def drain(sub: Subscription) -> None:
+    while sub.pull():
+        pass
+
+
+async def test_a_subscription_wakes_the_writer_every_round_until_forgotten() -> None:
+    reg = MemoryRegistry(buffer_size=8)
+    await reg.start("s1", owner="alice", content="hi")
+    sub = await reg.subscribe("s1", owner="alice")
+    waker = Waker()
+    for round_ in range(3):
+        drain(sub)
+        waker.reset()
+        assert waker.arm([sub])
+        assert waker.arm([sub])  # already armed: nothing more to do
+        waiting = asyncio.create_task(waker.wait())
+        await yield_a_few_times()
+        assert not waiting.done()
+        reg.publish("s1", "text", {"text": f"t{round_}"})
+        await asyncio.wait_for(waiting, 10)  # a guard against a hang, not a timing check
+    drain(sub)
+    waker.reset()
+    assert waker.arm([sub])
+    waker.forget(sub)
+    assert waker.arm([sub])  # forgotten: armed afresh
