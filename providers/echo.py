@@ -123,32 +123,32 @@ class EchoProvider:
             pieces = [options.chunk] * options.chunks
         else:
             pieces = _cut(f"{request.content} (turn {turn})", options.chunks)
-        midway = len(pieces) // 2
+        # The tool pair goes in just before the middle chunk (nowhere without ``tool``).
+        midway = len(pieces) // 2 if options.tool else -1
         delay = options.delay_ms / 1000
         fail_after = options.fail_after
+        count = len(pieces) if fail_after is None else min(fail_after, len(pieces))
         # Chunks between two pauses go out as one burst: with no delay, up to BURST of them
         # between scheduling points (so a fast run neither starves the loop nor dodges an
         # abort, and subscribers get events in batches, as from a provider whose output
         # arrives in bursts); with a delay, each chunk alone.
+        size = 1 if delay > 0 else BURST
         burst: Burst = []
-        for index, piece in enumerate(pieces):
-            if index == fail_after:
-                break
-            if index and (delay > 0 or index % BURST == 0):
+        for start in range(0, count, size):
+            if start:
                 yield burst
-                burst = []
                 if delay > 0:
                     await anyio.sleep(delay)
                 else:
                     await anyio.lowlevel.checkpoint()
-            if index == midway and options.tool:
-                burst.extend(_tool_pair(request.content))
-            burst.append(("text_delta", {"text": piece}))
+            end = min(start + size, count)
+            burst = [("text_delta", {"text": piece}) for piece in pieces[start:end]]
+            if start <= midway < end:
+                burst[midway - start : midway - start] = _tool_pair(request.content)
         if fail_after is not None:
             if burst:
                 yield burst
-            failed = min(fail_after, len(pieces))
-            raise EchoFailure(f"echo failed after {failed} chunks, as asked (fail_after)")
+            raise EchoFailure(f"echo failed after {count} chunks, as asked (fail_after)")
         if options.tool and not pieces:
             burst.extend(_tool_pair(request.content))
         if options.hang:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from providers import EchoProvider, each_item
-from providers.echo import EchoFailure
+from providers.base import Item
+from providers.echo import BURST, EchoFailure
 
 from .helpers import collect, kinds, of_kind, request
 
@@ -113,6 +116,45 @@ async def test_fail_after_raises_after_that_many_chunks(after: int, deltas: int)
         await drain()
     assert seen.count("text_delta") == deltas
     assert "complete" not in seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.integers(0, 3 * BURST),
+    delayed=st.booleans(),
+    tool=st.booleans(),
+    fail_after=st.none() | st.integers(0, 3 * BURST + 1),
+)
+async def test_bursts_hold_the_chunks_in_order_with_the_tool_pair_before_the_middle_one(
+    chunks: int, delayed: bool, tool: bool, fail_after: int | None
+) -> None:
+    options: dict[str, Any] = {"chunks": chunks, "tool": tool, "delay_ms": 0.001 if delayed else 0}
+    if fail_after is not None:
+        options["fail_after"] = fail_after
+    bursts: list[list[Item]] = []
+    with pytest.raises(EchoFailure) if fail_after is not None else nullcontext():
+        async with aclosing(EchoProvider().stream(request("p" * 500, options=options))) as stream:
+            async for item in stream:
+                bursts.append(item if isinstance(item, list) else [item])
+
+    full = "p" * 500 + " (turn 1)"
+    published = chunks if fail_after is None else min(chunks, fail_after)
+    items = [pair for burst in bursts for pair in burst][1:]  # after session_created
+    deltas = [data["text"] for kind, data in items if kind == "text_delta"]
+    assert len(deltas) == published
+    assert full.startswith("".join(deltas))
+    tool_kinds = ["tool_use", "tool_result"]
+    if tool and (chunks // 2 < published or (chunks == 0 and fail_after is None)):
+        at = kinds(items).index("tool_use")
+        assert kinds(items)[at : at + 2] == tool_kinds
+        assert kinds(items)[:at].count("text_delta") == chunks // 2
+    else:
+        assert "tool_use" not in kinds(items)
+    if fail_after is None:
+        assert kinds(items)[-2:] == ["text", "complete"]
+    # A pause between every chunk with a delay; else at most BURST chunks between two.
+    for burst in bursts[1:]:
+        assert [kind for kind, _ in burst].count("text_delta") <= (1 if delayed else BURST)
 
 
 async def test_extra_complete_emits_two() -> None:
