@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -25,8 +25,7 @@ from starlette.routing import BaseRoute
 
 from providers import ProviderRegistry, default_providers
 from registry import Clock, LocalRegistry, MemoryRegistry, Notice, RunRegistry, SystemClock
-from registry.cluster import ClusterRegistry
-from registry.store import PostgresStore, SQLiteStore, Store
+from registry.store import SQLiteStore, Store
 
 from .auth import Authenticator
 from .connection import SERVICE_RESTART
@@ -36,6 +35,9 @@ from .metrics import GatewayStats, build_registry
 from .service import Service
 from .settings import Settings
 from .sse import EventStream
+
+if TYPE_CHECKING:
+    from registry.cluster import ClusterRegistry
 
 log = logging.getLogger("runwire.gateway")
 
@@ -149,6 +151,9 @@ class Gateway:
             return await SQLiteStore.open(
                 settings.db, clock=self.clock, flush_delay=settings.flush_delay
             )
+        # Imported here: a process on SQLite never loads the PostgreSQL driver.
+        from registry.store import PostgresStore
+
         # Runs left running belong to other live processes: Redis tells which are dead.
         return await PostgresStore.open(
             settings.database,
@@ -160,6 +165,9 @@ class Gateway:
     def _registry(self, store: Store) -> LocalRegistry | ClusterRegistry:
         settings = self.settings
         if settings.redis is not None:
+            # Imported here: a single process never loads the Redis client.
+            from registry.cluster import ClusterRegistry
+
             return ClusterRegistry(
                 settings.redis,
                 store,

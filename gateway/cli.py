@@ -17,11 +17,8 @@ from dataclasses import replace
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from providers import ProviderConfig
-from registry.store import PostgresStore, SQLiteStore, Store, StoreError
+from registry.store import SQLiteStore, Store, StoreError
 
 from . import logs
 from .server import build_server
@@ -265,6 +262,12 @@ def _check_storage(settings: Settings) -> tuple[str, str] | None:
             store: Store = await SQLiteStore.open(settings.db)
             await store.close()
             return None
+        # Imported here, as the app does: only several processes use these.
+        import redis.asyncio as redis
+        from redis.exceptions import RedisError
+
+        from registry.store import PostgresStore
+
         store = await PostgresStore.open(settings.database, recover=False)
         await store.close()
         assert settings.redis is not None

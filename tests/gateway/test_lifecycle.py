@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -388,3 +389,56 @@ async def test_an_unconfigured_default_provider_is_a_one_line_error(tmp_path: Pa
     assert code == 2
     assert "--provider: 'claude' is not configured (available: echo)" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+# Runs in a fresh interpreter (this one has loaded everything already): a gateway on its
+# defaults goes through its lifespan and one echo run; then the modules it loaded.
+_SINGLE_PROCESS = """
+import asyncio, json, sys
+from gateway import Gateway, Settings
+from gateway.frames import Send
+
+async def main() -> None:
+    gateway = Gateway(Settings(db=sys.argv[1], tokens={"t": "alice"}))
+    async with gateway.lifespan():
+        service = gateway.service
+        send = Send(content="hi", options={"chunks": 2, "delay_ms": 0})
+        started = await service.send("alice", send)
+        sub = await service.subscribe("alice", started.session_id, run_id=None, after_seq=0)
+        kinds = []
+        async for batch in sub:
+            kinds += [event.kind for event in batch]
+            if "complete" in kinds:
+                break
+    loaded = sorted({name.split(".")[0] for name in sys.modules} & {"asyncpg", "redis"})
+    print(json.dumps({"run": started.status, "kinds": kinds, "loaded": loaded}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_single_process_on_sqlite_never_loads_the_postgres_or_redis_clients(
+    tmp_path: Path,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SINGLE_PROCESS,
+        str(tmp_path / "runwire.db"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 0
+    result = json.loads(out)
+    assert result["run"] == "started"
+    assert result["kinds"][-1] == "complete"
+    assert result["loaded"] == []
+
+
+def test_the_postgres_store_is_still_importable_from_the_store_package() -> None:
+    import registry.store
+    from registry.store.postgres import PostgresStore
+
+    assert registry.store.PostgresStore is PostgresStore
+    with pytest.raises(AttributeError, match="NoSuchStore"):
+        registry.store.NoSuchStore  # noqa: B018
