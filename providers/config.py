@@ -17,7 +17,6 @@ from .base import Provider, ProviderRegistry
 from .cli_formats import FORMATS, CliFormat, FormatName
 from .command import CommandProvider
 from .echo import EchoProvider
-from .openai import OpenAIProvider
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -175,5 +174,8 @@ def default_providers(
         providers.append(EchoProvider())
     providers.extend(CommandProvider(spec) for spec in commands)
     if openai is not None:
+        # Imported here: a server without it never loads its HTTP client.
+        from .openai import OpenAIProvider
+
         providers.append(OpenAIProvider(openai))
     return ProviderRegistry(providers)

@@ -410,14 +410,14 @@ async def main() -> None:
             kinds += [event.kind for event in batch]
             if "complete" in kinds:
                 break
-    loaded = sorted({name.split(".")[0] for name in sys.modules} & {"asyncpg", "redis"})
+    loaded = sorted({name.split(".")[0] for name in sys.modules} & {"asyncpg", "httpx", "redis"})
     print(json.dumps({"run": started.status, "kinds": kinds, "loaded": loaded}))
 
 asyncio.run(main())
 """
 
 
-async def test_a_single_process_on_sqlite_never_loads_the_postgres_or_redis_clients(
+async def test_a_single_process_on_its_defaults_loads_no_client_it_does_not_use(
     tmp_path: Path,
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -435,10 +435,15 @@ async def test_a_single_process_on_sqlite_never_loads_the_postgres_or_redis_clie
     assert result["loaded"] == []
 
 
-def test_the_postgres_store_is_still_importable_from_the_store_package() -> None:
+def test_what_is_imported_on_first_use_is_still_exported_by_its_package() -> None:
+    import providers
     import registry.store
+    from providers.openai import OpenAIProvider
     from registry.store.postgres import PostgresStore
 
     assert registry.store.PostgresStore is PostgresStore
+    assert providers.OpenAIProvider is OpenAIProvider
     with pytest.raises(AttributeError, match="NoSuchStore"):
         registry.store.NoSuchStore  # noqa: B018
+    with pytest.raises(AttributeError, match="NoSuchProvider"):
+        providers.NoSuchProvider  # noqa: B018
