@@ -20,6 +20,13 @@ from .errors import GatewayError
 
 # Integers on the wire stay within what every JSON client can represent exactly.
 MAX_INT = 2**53
+# How deeply a client's free-form values (send ``options``, a handoff's
+# ``context_for_next``, a checkpoint's ``data``) may nest. Deep enough for any real use,
+# and far from the interpreter's recursion limit, which msgspec and ``repr`` obey: a value
+# accepted here can always be encoded, stored and read back, wherever in the stack.
+MAX_DEPTH = 64
+# What a message nested past the parser's own limit (the interpreter's) is told.
+TOO_DEEP = "nested too deeply to read"
 FrameId = str | Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)] | None
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
@@ -102,11 +109,41 @@ def decode(message: str | bytes) -> ClientFrame:
             "BAD_FRAME", "binary messages are not accepted: send JSON text", frame_id=None
         )
     try:
-        return _decoder.decode(message)
+        frame = _decoder.decode(message)
     except msgspec.ValidationError as exc:
         raise _classify(message, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise FrameError("BAD_FRAME", f"not valid JSON: {exc}", frame_id=None) from None
+    except RecursionError:
+        raise FrameError("BAD_FRAME", TOO_DEEP, frame_id=None) from None
+    field = too_deep_field(frame)
+    if field is not None:
+        message = f"{field}: nested deeper than {MAX_DEPTH} levels"
+        raise FrameError("INVALID_FIELD", message, frame_id=frame.id, field=field)
+    return frame
+
+
+def too_deep_field(struct: msgspec.Struct) -> str | None:
+    """The first field of a decoded ``struct`` whose value nests deeper than
+    :data:`MAX_DEPTH` (containers count, scalars do not), or ``None``."""
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        if isinstance(value, dict | list) and _depth_over(value, MAX_DEPTH):
+            return name
+    return None
+
+
+def _depth_over(value: dict[Any, Any] | list[Any], limit: int) -> bool:
+    """Whether ``value`` holds containers nested more than ``limit`` deep (itself is 1).
+    Iterative: the point is to measure what recursion could not."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _classify(message: str, text: str) -> FrameError:
@@ -115,8 +152,10 @@ def _classify(message: str, text: str) -> FrameError:
         # The stdlib parser, because it accepts what msgspec's untyped decoder refuses
         # (numbers out of float range), so the frame's id and type can still be read.
         raw = json.loads(message)
-    except (ValueError, RecursionError):
+    except ValueError:
         return FrameError("BAD_FRAME", f"unreadable frame: {text}", frame_id=None)
+    except RecursionError:
+        return FrameError("BAD_FRAME", TOO_DEEP, frame_id=None)
     if not isinstance(raw, dict):
         return FrameError("BAD_FRAME", "a frame must be a JSON object", frame_id=None)
     frame_id = raw.get("id")

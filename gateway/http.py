@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runwire.gateway")
 
-T = TypeVar("T")
+T = TypeVar("T", bound=msgspec.Struct)
 Handler = Callable[[Request, str], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -119,12 +119,18 @@ async def read_body(request: Request, kind: type[T], max_bytes: int) -> T:
     if not body.strip():
         body = b"{}"
     try:
-        return msgspec.json.decode(body, type=kind)
+        decoded = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         field, message = frames.field_error(str(exc))
         raise invalid(field, message) from None
     except msgspec.DecodeError as exc:
         raise GatewayError("BAD_FRAME", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GatewayError("BAD_FRAME", f"the body is {frames.TOO_DEEP}") from None
+    deep = frames.too_deep_field(decoded)
+    if deep is not None:
+        raise invalid(deep, f"nested deeper than {frames.MAX_DEPTH} levels")
+    return decoded
 
 
 def query_int(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:

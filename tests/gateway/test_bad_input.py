@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 from websockets.typing import Origin
 
+from gateway.frames import MAX_DEPTH
 from gateway.settings import Settings
 
 from .helpers import WAIT, Served, make_settings, serve
@@ -168,6 +169,40 @@ def typeless_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
     return json.dumps(extra), "INVALID_FIELD", "type"
 
 
+def nested(depth: int, *, lists: bool) -> str:
+    """JSON text of ``depth`` containers, each the only item of the one around it."""
+    if lists:
+        return "[" * depth + "]" * depth
+    return '{"k":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+@st.composite
+def too_deep_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
+    """A ``send`` whose options nest past ``MAX_DEPTH`` (``INVALID_FIELD``), or a message
+    nested deeper than any JSON parser here can read, wherever (``BAD_FRAME``)."""
+    lists = draw(st.booleans())
+    if draw(st.booleans()):
+        # The options object itself is one level.
+        inner = nested(draw(st.integers(MAX_DEPTH, 900)), lists=lists)
+        frame = f'{{"type":"send","content":"hi","options":{{"a":{inner}}},"id":7}}'
+        return frame, "INVALID_FIELD", "options"
+    # Past any recursion limit in force: hypothesis raises it by 2,000 while a test runs.
+    deep = nested(draw(st.integers(20_000, 60_000)), lists=lists)
+    frame = draw(
+        st.sampled_from(
+            [
+                deep,
+                f'{{"type":"send","content":"hi","options":{{"a":{deep}}}}}',
+                f'{{"type":"ping","extra":{deep}}}',
+                f'{{"extra":{deep},"type":"list_runs"}}',
+                f'{{"type":"subscribe","session_id":{deep}}}',
+                f'{{"type":"nope","extra":{deep}}}',
+            ]
+        )
+    )
+    return frame, "BAD_FRAME", None
+
+
 not_objects = st.one_of(scalars, st.lists(json_values, max_size=3)).map(
     lambda v: (json.dumps(v), "BAD_FRAME", None)
 )
@@ -177,7 +212,13 @@ not_json = (
 binary = st.binary(max_size=40).map(lambda b: (b, "BAD_FRAME", None))
 
 bad_messages = st.one_of(
-    bad_field_frames(), unknown_type_frames(), typeless_frames(), not_objects, not_json, binary
+    bad_field_frames(),
+    unknown_type_frames(),
+    typeless_frames(),
+    too_deep_frames(),
+    not_objects,
+    not_json,
+    binary,
 )
 
 
@@ -261,6 +302,20 @@ def test_every_bad_frame_gets_an_error_and_the_connection_still_works(
             assert reply["id"] == sent["id"]
     connection.send(json.dumps({"type": "ping", "id": "alive"}))
     assert _frame(connection) == {"type": "pong", "id": "alive"}
+
+
+@pytest.mark.parametrize("lists", [True, False])
+def test_options_may_nest_up_to_max_depth(connection: ClientConnection, lists: bool) -> None:
+    """The depth limit is where it says: options of exactly ``MAX_DEPTH`` levels pass the
+    frame check (and fail later, on the session that does not exist)."""
+    options = f'{{"a":{nested(MAX_DEPTH - 1, lists=lists)}}}'
+    connection.send(f'{{"type":"send","session_id":"s_x","content":"hi","options":{options}}}')
+    assert _frame(connection)["code"] == "SESSION_NOT_FOUND"
+    too_deep = f'{{"a":{nested(MAX_DEPTH, lists=lists)}}}'
+    connection.send(f'{{"type":"send","session_id":"s_x","content":"hi","options":{too_deep}}}')
+    reply = _frame(connection)
+    assert (reply["code"], reply["field"]) == ("INVALID_FIELD", "options")
+    assert reply["message"] == f"options: nested deeper than {MAX_DEPTH} levels"
 
 
 async def test_oversized_message_closes_with_1009(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from gateway.app import Gateway
+from gateway.frames import MAX_DEPTH
 from gateway.settings import Settings
 
 from .helpers import Served, assert_run_stream, serve
@@ -127,6 +128,39 @@ async def test_history_is_paginated_in_order(server: Served) -> None:
         assert [e for page in pages for e in page] == run1 + run2
         assert all(len(page) <= 4 for page in pages)
         assert_run_stream(run2, ack2["run_id"])
+
+
+async def test_deeply_nested_bodies_get_a_clear_error(server: Served) -> None:
+    """Free-form values may nest ``MAX_DEPTH`` levels; one more is ``INVALID_FIELD``
+    naming the field, and a body nested past what the parser can read is ``BAD_FRAME``,
+    not a server fault. Nothing of a refused body is kept."""
+
+    def nested(depth: int) -> str:
+        return "[" * depth + "]" * depth
+
+    async with server.http() as http:
+        sid = (await http.post("/api/sessions")).json()["session_id"]
+        handoff = f"/api/sessions/{sid}/handoff"
+        fits = f'{{"summary":"s","context_for_next":{{"a":{nested(MAX_DEPTH - 1)}}}}}'
+        assert (await http.put(handoff, content=fits)).status_code == 200
+        cases = [
+            (handoff, f'{{"summary":"t","context_for_next":{{"a":{nested(MAX_DEPTH)}}}}}'),
+            (f"/api/sessions/{sid}/checkpoint", f'{{"label":"l","data":{{"a":{nested(900)}}}}}'),
+        ]
+        for path, body in cases:
+            response = await http.request("PUT" if path == handoff else "POST", path, content=body)
+            assert response.status_code == 400, response.text
+            field = "context_for_next" if path == handoff else "data"
+            assert response.json()["error"] == {
+                "code": "INVALID_FIELD",
+                "message": f"{field}: nested deeper than {MAX_DEPTH} levels",
+                "field": field,
+            }
+        unreadable = f'{{"summary":"u","context_for_next":{{"a":{nested(100_000)}}}}}'
+        response = await http.put(handoff, content=unreadable)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "BAD_FRAME"
+        assert (await http.get(f"/api/sessions/{sid}")).json()["handoff"]["summary"] == "s"
 
 
 async def test_handoff_notes(server: Served) -> None:
