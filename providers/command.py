@@ -155,6 +155,8 @@ class CommandProvider:
         except msgspec.DecodeError:
             text = _preview(line)
             return [("error", {"message": f"{self.name}: output is not JSON: {text}"})]
+        except RecursionError:
+            return [("error", {"message": f"{self.name}: output nested too deeply to read"})]
         try:
             return parser.feed(value)
         except Exception as exc:  # a parser bug must not end the run

@@ -252,7 +252,7 @@ class _Reply:
             return []
         try:
             chunk = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [self._malformed(payload)]
         if not isinstance(chunk, dict):
             return [self._malformed(payload)]
@@ -356,7 +356,7 @@ class _Reply:
         events: list[Item] = []
         try:
             tool_input: Any = json.loads(raw) if raw.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             tool_input = {"_raw": raw}
             message = f"{self.provider}: tool call {tool_id} has arguments that are not JSON"
             events.append(("error", {"message": message}))
@@ -377,7 +377,7 @@ async def _error_detail(response: httpx.Response) -> str:
     text = bytes(body[:_MAX_ERROR_BODY]).decode("utf-8", errors="replace")
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict) and parsed.get("error") is not None:
         return _error_text(parsed["error"])

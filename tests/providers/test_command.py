@@ -110,6 +110,7 @@ async def test_noise_never_fails_the_run(record: Path) -> None:
     assert "warning: first noise line" in errors
     assert "warning: second noise line" in errors
     assert "claude: output is not JSON: this is not JSON at all" in errors
+    assert "claude: output nested too deeply to read" in errors
     # The 5 MB line: 23 bytes of JSON, 80 x 64 KiB of "x", 2 more bytes.
     skipped = f"claude: skipped an output line of {80 * 65536 + 25} bytes (limit 65536)"
     assert skipped in errors

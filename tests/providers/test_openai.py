@@ -90,6 +90,7 @@ async def test_tool_call_deltas_become_one_tool_use_per_call() -> None:
                 call(1, "get_time", "{}", id="call_B", type="function"),
                 call(0, arguments='ris"}'),
                 call(2, "broken", "{nope", id="call_C"),
+                call(3, "deep", "[" * 3000 + "]" * 3000, id="call_D"),
                 chunk(finish="tool_calls"),
                 "[DONE]",
             ]
@@ -102,9 +103,11 @@ async def test_tool_call_deltas_become_one_tool_use_per_call() -> None:
         {"tool_id": "call_A", "name": "get_weather", "input": {"city": "Paris"}},
         {"tool_id": "call_B", "name": "get_time", "input": {}},
         {"tool_id": "call_C", "name": "broken", "input": {"_raw": "{nope"}},
+        {"tool_id": "call_D", "name": "deep", "input": {"_raw": "[" * 3000 + "]" * 3000}},
     ]
     assert of_kind(items, "error") == [
-        {"message": "openai: tool call call_C has arguments that are not JSON"}
+        {"message": "openai: tool call call_C has arguments that are not JSON"},
+        {"message": "openai: tool call call_D has arguments that are not JSON"},
     ]
     assert of_kind(items, "complete")[0]["finish_reason"] == "tool_calls"
     assert of_kind(items, "complete")[0]["success"] is True
@@ -134,6 +137,7 @@ async def test_malformed_chunks_are_errors_and_the_stream_goes_on() -> None:
         await respond.event(chunk("a"))
         await respond.raw(b"data: {not json\n\n")
         await respond.raw(b"data: [1, 2]\n\n")
+        await respond.raw(b"data: " + b"[" * 2000 + b"]" * 2000 + b"\n\n")
         await respond.raw(b": keep-alive comment\n\nevent: ping\ndata: ")
         await respond.raw(b'{"choices": [{"index": 0, "delta": {"content": "b"}}]}\r\n\r\n')
         await respond.raw(b"data: " + b"x" * 5000 + b"\n\n")
@@ -147,6 +151,7 @@ async def test_malformed_chunks_are_errors_and_the_stream_goes_on() -> None:
     assert errors == [
         "openai: malformed stream chunk: {not json",
         "openai: malformed stream chunk: [1, 2]",
+        "openai: malformed stream chunk: " + "[" * 200,
         "openai: skipped a stream event of 5006 bytes",
     ]
     assert of_kind(items, "text") == [{"text": "ab"}]

@@ -103,6 +103,7 @@ def main(fmt: str) -> None:
         sys.stderr.flush()
         out(lines[0])
         out("this is not JSON at all")
+        out("[" * 20000 + "]" * 20000)  # JSON, nested past any recursion limit
         # A line of 5 MB, written in pieces.
         sys.stdout.write('{"type":"junk","data":"')
         for _ in range(80):
