@@ -9,6 +9,8 @@ messages are ``str`` at the ASGI boundary.
 
 from __future__ import annotations
 
+import reprlib
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -22,6 +24,15 @@ Outcome = Literal["done", "aborted", "interrupted", "error", "server_restart"]
 RunStatus = Literal["running", "completed", "queued"]
 
 _json = msgspec.json.Encoder()
+
+UNENCODABLE: tuple[type[Exception], ...] = (
+    TypeError,
+    ValueError,
+    msgspec.EncodeError,
+    # Nested deeper than the interpreter's recursion limit, which the encoder obeys.
+    RecursionError,
+)
+"""What encoding data that cannot be JSON raises."""
 
 
 class Emit(NamedTuple):
@@ -80,7 +91,7 @@ class Event(msgspec.Struct, tag_field="type", tag="event", omit_defaults=True, g
     def encoded_data(self) -> str:
         """``data`` as JSON text: cut from the wire frame, which is encoded once and cached
         (the log row and the frame share one encoding), unless it came already encoded.
-        Raises ``TypeError`` or ``msgspec.EncodeError`` for data that is not JSON."""
+        Raises one of :data:`UNENCODABLE` for data that is not JSON."""
         text = self.data_json
         if text is None:
             wire = self.frame()
@@ -138,6 +149,35 @@ class RunSummary(msgspec.Struct, omit_defaults=False):
     last_seq: int
     subscribers: int
     outcome: Outcome | None = None
+
+
+def stand_in(data: dict[str, Any]) -> dict[str, Any]:
+    """What is kept and sent instead of ``data`` that cannot be JSON: a readable account
+    of it, so the event keeps its seq."""
+    try:
+        text = repr(data)[:1000]
+    except RecursionError:
+        # ``repr`` recurses as the encoder does; this one stops a few levels down.
+        text = reprlib.repr(data)
+    return {"unencodable": text}
+
+
+# What a reader makes of stored data it cannot decode; see :func:`read_stored`.
+_TOO_DEEP = {"unencodable": "nested too deeply to read"}
+_TOO_DEEP_TEXT = _json.encode(_TOO_DEEP).decode()
+
+
+def read_stored(decode: Callable[[str], dict[str, Any]], text: str) -> tuple[dict[str, Any], str]:
+    """Stored ``data`` text decoded, and the text an event's frame should carry.
+
+    That is ``text`` itself, unless it nests too deeply to decode here: it was encoded
+    nearer the top of the stack than this reader runs, and the decoder obeys the
+    interpreter's recursion limit. Then both are a stand-in, so a replay goes on.
+    """
+    try:
+        return decode(text), text
+    except RecursionError:
+        return dict(_TOO_DEEP), _TOO_DEEP_TEXT
 
 
 def complete_data(

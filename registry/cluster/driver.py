@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from ..clock import Clock, to_ms
-from ..events import COMPLETE, SESSION_CREATED, Outcome, complete_data
+from ..events import COMPLETE, SESSION_CREATED, UNENCODABLE, Outcome, complete_data, stand_in
 from ..hooks import Persistence
 from ..memory import RegistryStats
 from ..pairs import checked_pair, closing, complete_fields, created_id, needs_scrub, scrub
@@ -189,10 +189,10 @@ class Driver:
     def _text(self, owned: Owned, data: dict[str, Any]) -> str:
         try:
             return self._encode(data).decode()
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        except UNENCODABLE as exc:
             # Keep the event (a seq with no row would be a hole): record why instead.
             log.error("an event of run %s has data that is not JSON (%s)", owned.run_id, exc)
-            return self._encode({"unencodable": repr(data)[:1000]}).decode()
+            return self._encode(stand_in(data)).decode()
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, retried with backoff while Redis is unavailable (the source waits

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from ..events import read_stored
 from ..memory import MemoryRegistry
 from .backoff import Backoff
 from .engine import Engine, EngineUnavailable, StoredEvent
@@ -183,8 +184,8 @@ class Follower:
             self._persist.unread[run_id] = not end.get("watched", False)
         texts = body.split("\n")
         for offset, kind in enumerate(kinds):
-            text = texts[offset]
-            if not mirror.ingest(run_id, first + offset, kind, ts, _decode_data(text), text):
+            data, text = read_stored(_decode_data, texts[offset])
+            if not mirror.ingest(run_id, first + offset, kind, ts, data, text):
                 return False
         self._ingested(run_id)
         return True
@@ -263,9 +264,8 @@ class Follower:
         else:
             events = await self._stream(run_id, last)
         for event in events:
-            ingested = self._mirror.ingest(
-                run_id, event.seq, event.kind, event.ts, _decode_data(event.data), event.data
-            )
+            data, text = read_stored(_decode_data, event.data)
+            ingested = self._mirror.ingest(run_id, event.seq, event.kind, event.ts, data, text)
             if not ingested:
                 held = self._mirror.following(run_id)
                 self._drop(session_id, f"run {run_id} lost seqs after {held} from Redis")

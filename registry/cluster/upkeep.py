@@ -18,14 +18,14 @@ every ``0.2 L``. A process that dies therefore has its runs ended between ``0.4 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from ..clock import to_ms
 from ..errors import RegistryError
-from ..events import Event, complete_data
+from ..events import Event, complete_data, read_stored
 from ..store.base import Store
 from .backoff import Backoff
 from .engine import Engine, EngineUnavailable, StoredEvent, summary_of
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwire.cluster")
 
 _PAGE = 1000
+_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 # Fractions of the configured lease (see the module docstring).
 LEASE_KEY = 0.6
 RENEW_EVERY = 0.2
@@ -189,5 +190,5 @@ class Upkeep:
 
 
 def _event(session_id: str, run_id: str, stored: StoredEvent) -> Event:
-    data = msgspec.json.decode(stored.data, type=dict[str, object])
-    return Event(session_id, run_id, stored.seq, stored.kind, stored.ts, data, None, stored.data)
+    data, text = read_stored(_decode_data, stored.data)
+    return Event(session_id, run_id, stored.seq, stored.kind, stored.ts, data, None, text)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ..events import Event
+from ..events import Event, read_stored
 from .sql import Dialect, Fetch, marks
 
 # A session's events (of runs after ``:after``) joined to their runs.
@@ -103,7 +103,7 @@ async def read_digest(
             {**params, **extra},
         )
         return [
-            Event(session_id, run_id, seq, kind, ts, _cut(decoder.decode(data)))
+            Event(session_id, run_id, seq, kind, ts, _cut(read_stored(decoder.decode, data)[0]))
             for run_id, seq, kind, ts, data in rows
         ]
 

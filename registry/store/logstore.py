@@ -22,7 +22,7 @@ import msgspec
 
 from ..clock import Clock, to_ms
 from ..errors import UnknownRun
-from ..events import COMPLETE, Event, ForkOrigin, Position, RunSummary, Turn
+from ..events import COMPLETE, Event, ForkOrigin, Position, RunSummary, Turn, read_stored
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
 from .errors import StoreError
@@ -419,10 +419,11 @@ class LogStore(ABC):
         decode = self._decoder.decode
         # The stored text goes along: a replayed event's frame is built around it rather
         # than by encoding the decoded data again.
-        return [
-            Event(session_id, run_id, seq, kind, ts, decode(data), None, data)
-            for run_id, seq, kind, ts, data in rows
-        ]
+        events = []
+        for run_id, seq, kind, ts, stored in rows:
+            data, text = read_stored(decode, stored)
+            events.append(Event(session_id, run_id, seq, kind, ts, data, None, text))
+        return events
 
     async def digest(
         self,
@@ -491,7 +492,7 @@ class LogStore(ABC):
             {"session": session_id},
         )
         decode = self._decoder.decode
-        return turns_of((run_id, kind, decode(raw)) for run_id, kind, raw in rows)
+        return turns_of((run_id, kind, read_stored(decode, raw)[0]) for run_id, kind, raw in rows)
 
     # Sessions ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Protocol
 import anyio
 import msgspec
 
-from ..events import Event
+from ..events import UNENCODABLE, Event, stand_in
 from .errors import StoreError
 from .records import StoreStats
 from .sql import Tx
@@ -554,13 +554,13 @@ class Writer:
     def _frame(self, event: Event) -> None:
         try:
             event.frame()
-        except (TypeError, ValueError, msgspec.EncodeError):
+        except UNENCODABLE:
             self._encode(event)  # logs it and gives the event its stand-in
 
     def _encode(self, event: Event) -> str:
         try:
             return event.encoded_data()
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        except UNENCODABLE as exc:
             # Keep the seq: an event the registry published must have a row, or replay has
             # a hole. Its data cannot be JSON, so record why instead.
             log.error(
@@ -571,7 +571,7 @@ class Writer:
                 exc,
             )
             # Subscribers get the same stand-in as the log, not an encoding error.
-            text = self._encoder.encode({"unencodable": repr(event.data)[:1000]}).decode()
+            text = self._encoder.encode(stand_in(event.data)).decode()
             event.data_json = text
             return text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import anyio
@@ -81,6 +81,47 @@ async def test_a_run_started_on_one_process_is_followed_on_another(cluster: Clus
                 assert 0 < ttl <= 60
         finally:
             await client.aclose()
+
+
+def nested_past_any_limit() -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for _ in range(100_000):
+        data = {"k": data}
+    return data
+
+
+@pytest.mark.parametrize(
+    "bad_data",
+    [
+        pytest.param(lambda: {"content": object()}, id="an-object"),
+        pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
+    ],
+)
+async def test_data_that_is_not_json_keeps_its_seq_on_every_process(
+    cluster: Cluster, bad_data: Callable[[], dict[str, Any]]
+) -> None:
+    async def source(context: RunContext) -> AsyncIterator[Any]:
+        yield [("text_delta", {"text": "a"}), ("tool_result", bad_data())]
+        yield ("text_delta", {"text": "b"})
+
+    sid = await cluster.session()
+    async with cluster.process() as a, cluster.process() as b:
+        sub = await b.subscribe(sid, owner=OWNER)
+        started = await a.start(sid, owner=OWNER, content="go", source=source)
+        events = await until_complete(sub)
+        assert [(e.seq, e.kind) for e in events] == [
+            (1, "user_message"),
+            (2, "text_delta"),
+            (3, "tool_result"),
+            (4, "text_delta"),
+            (5, "complete"),
+        ]
+        assert set(events[2].data) == {"unencodable"}
+        assert events[4].data["reason"] == "done"
+        store = cluster.stores[1]
+        await eventually(lambda: completed(store, started.run_id))
+        page, _ = await store.history_page(sid, after=None, limit=10)
+        assert [e.data for e in page] == [e.data for e in events]
 
 
 async def test_abort_from_another_process_stops_the_source_with_one_complete(

@@ -3,12 +3,21 @@ MemoryRegistry subscriber served from the log then the buffer, with no gap and n
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
 import pytest
 
-from registry import Event, ManualClock, MemoryRegistry, Position, RunSummary, Subscription
+from registry import (
+    Event,
+    ManualClock,
+    MemoryRegistry,
+    Position,
+    RunSummary,
+    Subscription,
+    Turn,
+)
 from registry.store import Store
 
 from .conftest import Backend
@@ -222,6 +231,35 @@ async def test_frames_replayed_from_the_log_are_the_frames_first_sent(store: Sto
     sub = await registry.subscribe(sid, owner=OWNER, run_id=run_id, after_seq=1)
     replayed = {(e.run_id, e.seq): e.frame() for e in drain(sub)}
     assert replayed == first
+
+
+async def test_stored_data_too_deep_to_decode_is_read_as_a_stand_in(store: Store) -> None:
+    """Data encoded nearer the top of the stack than a reader runs can nest past what the
+    reader's decoder takes there. Such an event is read as a stand-in that keeps its seq,
+    and the events around it come whole: a replay goes on."""
+    registry = MemoryRegistry(store=store)
+    sid = (await store.create_session(owner=OWNER, provider="echo")).session_id
+    run_id = (await registry.start(sid, owner=OWNER, content="q")).run_id
+    registry.publish(sid, "text", {"text": "before"})
+    # Past any recursion limit here, so that the test does not hang on stack depths.
+    deep = '{"k":' * 100_000 + "{}" + "}" * 100_000
+    store.append(Event(sid, run_id, 3, "text", 0, {}, None, deep))
+    await store.flush()
+    stand_in = {"unencodable": "nested too deeply to read"}
+    history = await store.read_history(sid, Position(run_id, 0), None)
+    assert history is not None
+    assert [(e.seq, e.data) for e in history[1:]] == [(2, {"text": "before"}), (3, stand_in)]
+    assert json.loads(history[2].frame())["data"] == stand_in
+    page, _ = await store.history_page(sid, after=None, limit=10)
+    assert [e.data for e in page] == [e.data for e in history]
+    digest = await store.digest(sid)
+    assert [e.data for e in digest.actions] == [stand_in, {"text": "before"}]
+    # Once the run is over, its turns are read from the log too.
+    store.run_completed(
+        RunSummary(run_id, sid, "echo", "completed", 0, 1, 3, 0, "done"), unread=False
+    )
+    await store.flush()
+    assert await store.turns(sid) == [Turn("user", "q"), Turn("assistant", "before")]
 
 
 async def test_a_later_run_longer_than_the_buffer_is_also_served_from_the_log(

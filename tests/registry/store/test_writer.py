@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,13 +299,29 @@ async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
         await store.close()
 
 
+def nested_past_any_limit() -> dict[str, Any]:
+    """Data nested deeper than the interpreter's recursion limit: JSON in principle, but
+    neither msgspec nor ``repr`` can take it."""
+    data: dict[str, Any] = {}
+    for _ in range(100_000):
+        data = {"k": data}
+    return data
+
+
+NOT_JSON = [
+    pytest.param(lambda: {"content": object()}, id="an-object"),
+    pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
+]
+
+
+@pytest.mark.parametrize("bad_data", NOT_JSON)
 async def test_data_that_is_not_json_keeps_its_seq(
-    backend: Backend, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture, bad_data: Callable[[], dict[str, Any]]
 ) -> None:
     store = await backend.open()
     try:
         registry, sid, run_id = await started(store)
-        bad = registry.publish(sid, "tool_result", {"content": object()})  # not JSON
+        bad = registry.publish(sid, "tool_result", bad_data())
         registry.publish(sid, "text", {"text": "fine"})
         with caplog.at_level(logging.ERROR, logger="runwire.store"):
             await store.flush()
@@ -321,8 +337,9 @@ async def test_data_that_is_not_json_keeps_its_seq(
         await store.close()
 
 
+@pytest.mark.parametrize("bad_data", NOT_JSON)
 async def test_data_that_is_not_json_in_a_burst_keeps_its_seq(
-    backend: Backend, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture, bad_data: Callable[[], dict[str, Any]]
 ) -> None:
     # A source's burst is encoded when it is queued: the bad event gets its stand-in
     # there, and neither the burst nor the run fails.
@@ -331,7 +348,7 @@ async def test_data_that_is_not_json_in_a_burst_keeps_its_seq(
         record = await store.create_session(owner="ann", provider="echo")
 
         async def source(ctx: object) -> AsyncIterator[Any]:
-            yield [("text", {"text": "a"}), ("tool_result", {"content": object()})]
+            yield [("text", {"text": "a"}), ("tool_result", bad_data())]
             yield [("text", {"text": "b"})]
 
         async with MemoryRegistry(store=store) as registry:
