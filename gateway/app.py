@@ -254,10 +254,13 @@ async def _runs_finished(registry: RunRegistry, force: Callable[[], bool]) -> No
         stop()
 
 
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
 def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown route, wrong method) in the API's JSON shape."""
     assert isinstance(exc, HTTPException)
-    code = "NOT_FOUND" if exc.status_code == 404 else "BAD_REQUEST"
+    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
     body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

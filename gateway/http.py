@@ -172,31 +172,43 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         """Every route of the gateway, WebSocket included."""
-        auth = self._authenticated
+        api = self._api
+        session = "/api/sessions/{session_id}"
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/", self.page, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
-            Route("/api/me", auth(self.me), methods=["GET"]),
-            Route("/api/providers", auth(self.providers), methods=["GET"]),
-            Route("/openapi.json", auth(self.openapi), methods=["GET"]),
-            Route("/metrics", auth(self.metrics), methods=["GET"]),
-            Route("/api/sessions", auth(self.create_session), methods=["POST"]),
-            Route("/api/sessions", auth(self.list_sessions), methods=["GET"]),
-            Route("/api/sessions/{session_id}", auth(self.get_session), methods=["GET"]),
-            Route("/api/sessions/{session_id}", auth(self.update_session), methods=["PATCH"]),
-            Route("/api/sessions/{session_id}", auth(self.delete_session), methods=["DELETE"]),
-            Route("/api/sessions/{session_id}/read", auth(self.mark_read), methods=["POST"]),
-            Route("/api/sessions/{session_id}/handoff", auth(self.set_handoff), methods=["PUT"]),
-            Route("/api/sessions/{session_id}/context", auth(self.context), methods=["GET"]),
-            Route("/api/sessions/{session_id}/fork", auth(self.fork), methods=["POST"]),
-            Route("/api/sessions/{session_id}/checkpoint", auth(self.checkpoint), methods=["POST"]),
-            Route("/api/sessions/{session_id}/events", auth(self.events), methods=["GET"]),
-            Route("/api/sessions/{session_id}/stream", auth(self.stream), methods=["GET"]),
-            Route("/api/sessions/{session_id}/abort", auth(self.abort), methods=["POST"]),
-            Route("/api/runs", auth(self.runs), methods=["GET"]),
+            api("/api/me", GET=self.me),
+            api("/api/providers", GET=self.providers),
+            api("/openapi.json", GET=self.openapi),
+            api("/metrics", GET=self.metrics),
+            api("/api/sessions", GET=self.list_sessions, POST=self.create_session),
+            api(
+                session, GET=self.get_session, PATCH=self.update_session, DELETE=self.delete_session
+            ),
+            api(f"{session}/read", POST=self.mark_read),
+            api(f"{session}/handoff", PUT=self.set_handoff),
+            api(f"{session}/context", GET=self.context),
+            api(f"{session}/fork", POST=self.fork),
+            api(f"{session}/checkpoint", POST=self.checkpoint),
+            api(f"{session}/events", GET=self.events),
+            api(f"{session}/stream", GET=self.stream),
+            api(f"{session}/abort", POST=self.abort),
+            api("/api/runs", GET=self.runs),
             WebSocketRoute("/ws", WebSocketEndpoint(self.gateway)),
         ]
+
+    def _api(self, path: str, **handlers: Handler) -> Route:
+        """One authenticated route per path, whatever its methods: a wrong method's 405
+        then names all the methods the path takes in its ``Allow`` header."""
+        endpoints = {method: self._authenticated(handler) for method, handler in handlers.items()}
+        if "GET" in endpoints:
+            endpoints["HEAD"] = endpoints["GET"]
+
+        async def endpoint(request: Request) -> Response:
+            return await endpoints[request.method](request)
+
+        return Route(path, endpoint, methods=list(handlers))
 
     def _authenticated(self, handler: Handler) -> Endpoint:
         """Wrap ``handler``: authenticate, then map every failure to a JSON error."""

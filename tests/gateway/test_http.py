@@ -63,6 +63,7 @@ async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
             (await http.post("/api/sessions", content=b"x" * (2 << 20)), 413, "TOO_LARGE"),
             (await http.get("/api/runs", params={"status": "some"}), 400, "INVALID_FIELD"),
             (await http.get("/api/nothing"), 404, "NOT_FOUND"),
+            (await http.delete("/api/sessions"), 405, "METHOD_NOT_ALLOWED"),
         ]
         sid = (await http.post("/api/sessions")).json()["session_id"]
         cases += [
@@ -103,6 +104,8 @@ async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
             f"/api/sessions/{sid}/events", params={"kinds": ",".join(f"k{i}" for i in range(40))}
         )
         assert bad.json()["error"]["field"] == "kinds"
+        wrong_method = await http.delete("/api/sessions")
+        assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
 
 
 async def test_history_is_paginated_in_order(server: Served) -> None:
