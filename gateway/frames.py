@@ -188,7 +188,9 @@ def field_error(text: str) -> tuple[str, str]:
     """The field path and the message of a msgspec validation error's text."""
     at = _AT.search(text)
     if at is not None:
-        return at.group(1) or "frame", text[: at.start()]
+        # ``[...]`` stands for some key of an object: the path is exact only before it.
+        path = at.group(1).split("[...]", 1)[0]
+        return path or "frame", text[: at.start()]
     missing = _MISSING.search(text)
     if missing is not None:
         return missing.group(1), "required"

@@ -304,6 +304,20 @@ def test_every_bad_frame_gets_an_error_and_the_connection_still_works(
     assert _frame(connection) == {"type": "pong", "id": "alive"}
 
 
+@pytest.mark.parametrize("value", ["1e400", "[1, -1e400]", '{"b": 1e999}'])
+def test_a_bad_value_inside_options_names_options(connection: ClientConnection, value: str) -> None:
+    """msgspec cannot name the key it failed in (it writes ``options[...]``): the error
+    names the field up to there."""
+    connection.send(f'{{"type":"send","content":"hi","options":{{"a":{value}}},"id":3}}')
+    assert _frame(connection) == {
+        "type": "error",
+        "id": 3,
+        "code": "INVALID_FIELD",
+        "message": "options: Number out of range",
+        "field": "options",
+    }
+
+
 @pytest.mark.parametrize("lists", [True, False])
 def test_options_may_nest_up_to_max_depth(connection: ClientConnection, lists: bool) -> None:
     """The depth limit is where it says: options of exactly ``MAX_DEPTH`` levels pass the
