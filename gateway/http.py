@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from registry import Position, RegistryError
+from registry import Position, RegistryError, UnknownRun
 from registry.store import ForkPoint
 
 from . import frames
@@ -342,8 +342,8 @@ class HttpApi:
             events, following = await service.store.history_page(
                 session_id, after=after, limit=limit, kinds=kinds
             )
-        except RegistryError as exc:
-            raise invalid("after_run", str(exc)) from None
+        except UnknownRun as exc:
+            raise invalid("after_run", exc.detail) from None
         following_json = (
             "null"
             if following is None
@@ -373,8 +373,9 @@ class HttpApi:
             after_seq = query_int(request, "after_seq", 0, minimum=0, maximum=frames.MAX_INT)
         try:
             sub = await service.subscribe(user, session_id, run_id=run_id, after_seq=after_seq)
-        except RegistryError as exc:
-            raise invalid("run_id", str(exc)) from None
+        except UnknownRun as exc:
+            field = "Last-Event-ID" if last_event_id else "run_id"
+            raise invalid(field, exc.detail) from None
         return EventStream(gateway, sub)
 
     async def abort(self, request: Request, user: str) -> Response:

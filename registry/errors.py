@@ -41,7 +41,9 @@ class UnknownRun(RegistryError):
     code = "INVALID_FIELD"
 
     def __init__(self, session_id: str, run_id: str) -> None:
-        super().__init__(f"run_id: {run_id} is not a run of session {session_id}")
+        self.detail = f"{run_id} is not a run of session {session_id}"
+        """What is wrong, for a message that names the field holding the run id."""
+        super().__init__(f"run_id: {self.detail}")
         self.session_id = session_id
         self.run_id = run_id
 

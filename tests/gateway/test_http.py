@@ -104,6 +104,10 @@ async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
             f"/api/sessions/{sid}/events", params={"kinds": ",".join(f"k{i}" for i in range(40))}
         )
         assert bad.json()["error"]["field"] == "kinds"
+        foreign = await http.get(f"/api/sessions/{sid}/events", params={"after_run": "nope"})
+        assert foreign.json()["error"]["message"] == (
+            f"after_run: nope is not a run of session {sid}"
+        )
         wrong_method = await http.delete("/api/sessions")
         assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
 

@@ -79,6 +79,21 @@ async def test_sse_bad_last_event_id(server: Served) -> None:
             assert response.json()["error"]["field"] == "Last-Event-ID"
         unknown = await http.get(f"/api/sessions/{sid}/stream", params={"run_id": "nope"})
         assert unknown.status_code == 400
+        assert unknown.json()["error"] == {
+            "code": "INVALID_FIELD",
+            "message": f"run_id: nope is not a run of session {sid}",
+            "field": "run_id",
+        }
+        # A well-formed position of a run that is not the session's.
+        foreign = await http.get(
+            f"/api/sessions/{sid}/stream", headers={"Last-Event-ID": "r_other:3"}
+        )
+        assert foreign.status_code == 400
+        assert foreign.json()["error"] == {
+            "code": "INVALID_FIELD",
+            "message": f"Last-Event-ID: r_other is not a run of session {sid}",
+            "field": "Last-Event-ID",
+        }
 
 
 async def test_sse_stream_ends_on_shutdown_after_the_server_restart_complete(
