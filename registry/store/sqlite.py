@@ -3,13 +3,15 @@
 Writes go through the group-commit :class:`~registry.store.writer.Writer` (one connection,
 one task); reads use a second connection, which WAL lets run beside the writer, and a third
 copies the WAL back into the file in the background. Every read that must see what was just
-published flushes the writer first. One server process per file: opening ends the runs the
-file says are running. What a store does is :class:`~registry.store.logstore.LogStore`'s;
-this module opens the file and connects it.
+published flushes the writer first. One store per file at a time, which a lock on the file
+enforces: opening ends the runs the file says are running, so a second server on a file in
+use would end the first one's live runs as crashed. What a store does is
+:class:`~registry.store.logstore.LogStore`'s; this module opens the file and connects it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -58,6 +60,7 @@ class SQLiteStore(LogStore):
         writer: Writer,
         clock: Clock,
         next_ord: int,
+        lock: int,
     ) -> None:
         # Use open(): it migrates, recovers and starts the writer.
         super().__init__(path, writer, clock, next_ord)
@@ -65,6 +68,7 @@ class SQLiteStore(LogStore):
         self._writer_db = writer_db
         self._connections = connections
         self._reader = SQLiteTx(reader_db)
+        self._lock = lock
 
     @classmethod
     async def open(
@@ -78,7 +82,7 @@ class SQLiteStore(LogStore):
     ) -> SQLiteStore:
         """Open (or create) the database at ``path``: migrate it, end the runs a crash left
         running, and start the writer. Raises :class:`StoreError` naming the path when the
-        file cannot be used."""
+        file cannot be used, or is open in another store (of this process or another)."""
         if flush_delay < 0:
             raise ValueError("flush_delay must not be negative")
         if batch_size < 1:
@@ -88,12 +92,14 @@ class SQLiteStore(LogStore):
         name = os.fspath(path)
         _check_path(name)
         clock = clock if clock is not None else SystemClock()
+        lock = _lock(name)
         # The schema is made on an aiosqlite connection; the writer's own connection then
         # takes over (see sqlite_thread) and the setup connection is closed last.
-        setup_db = await _connect(name, busy_timeout)
         others: list[aiosqlite.Connection] = []
         writer_db: WriterConnection | None = None
+        setup_db: aiosqlite.Connection | None = None
         try:
+            setup_db = await _connect(name, busy_timeout)
             await _setup_file(setup_db, name)
             writer_db = await WriterConnection.open(name, _writer_settings(busy_timeout))
             recovered = await _recover(writer_db, to_ms(clock.now()))
@@ -109,7 +115,9 @@ class SQLiteStore(LogStore):
                 await db.close()
             if writer_db is not None:
                 await writer_db.close()
-            await setup_db.close()
+            if setup_db is not None:
+                await setup_db.close()
+            os.close(lock)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{name}: cannot open the database: {exc}") from exc
             raise
@@ -120,7 +128,7 @@ class SQLiteStore(LogStore):
             batch_size=batch_size,
         )
         writer.stats.recovered_runs = recovered
-        store = cls(name, writer_db, tuple(others), reader_db, writer, clock, next_ord)
+        store = cls(name, writer_db, tuple(others), reader_db, writer, clock, next_ord, lock)
         writer.start()
         if recovered:
             log.warning("%s: ended %d runs left running by a crash", name, recovered)
@@ -133,9 +141,12 @@ class SQLiteStore(LogStore):
     async def _disconnect(self) -> None:
         # The writer's connection goes last: closing the last connection folds the WAL
         # back into the file.
-        for db in reversed(self._connections):
-            await db.close()
-        await self._writer_db.close()
+        try:
+            for db in reversed(self._connections):
+                await db.close()
+            await self._writer_db.close()
+        finally:
+            os.close(self._lock)
 
     async def _fetch(self, sql: str, params: Params) -> list[Any]:
         self._check_open()
@@ -167,6 +178,29 @@ def _check_path(path: str) -> None:
             raise StoreError(f"{path}: no permission to read and write the database file")
     elif not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"{path}: cannot create the database: directory {parent} is not writable")
+
+
+def _lock(path: str) -> int:
+    """Lock the database file (creating it, empty, if need be) for one store: the open
+    descriptor holding the lock, closed with the store; the lock also ends with the
+    process, however it ends. Independent of SQLite's own locks, which are another kind
+    (``fcntl`` byte ranges, not ``flock``) and which other tools reading the file take."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the database: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StoreError(
+            f"{path}: the database is in use by another runwire server; one server per "
+            "file (several processes share PostgreSQL and Redis instead)"
+        ) from exc
+    except OSError as exc:
+        # A file system without locks: go on unguarded rather than not at all.
+        log.warning("%s: cannot lock the database file (%s)", path, exc.strerror)
+    return fd
 
 
 async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:

@@ -122,6 +122,35 @@ async def test_sigkill_mid_run_then_restart_delivers_persisted_events_and_server
             assert runs["runs"] == []
 
 
+async def test_a_second_server_on_a_database_in_use_refuses_and_leaves_its_runs_alone(
+    tmp_path: Path,
+) -> None:
+    """Opening a database ends the runs it says are running (they were a crash's): a second
+    server on a file in use would end the first one's live runs. It refuses instead."""
+    db = str(tmp_path / "runwire.db")
+    async with run_server(db) as server, server.client() as client:
+        ack = await client.send_message(options={"chunks": 3, "delay_ms": 0, "hang": True})
+        await client.subscribe(ack["session_id"])
+        seen = [await client.next_of("event") for _ in range(4)]
+        code, out, err = await _cli("serve", "--db", db, "--port", "0", *TOKEN_ARGS)
+        assert code == 2
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"--db: {db}: the database is in use by another runwire server" in err
+        # The first server's run goes on, and ends by its abort, not as crashed.
+        abort = await client.request({"type": "abort", "session_id": ack["session_id"]})
+        assert abort["last_seq"] == 5
+        complete = await client.next_of("event")
+        assert complete["data"]["reason"] == "aborted"
+    assert [e["seq"] for e in seen] == [1, 2, 3, 4]
+    # Once it has stopped, the file is free again.
+    async with run_server(db) as server, server.client() as client:
+        await client.subscribe(ack["session_id"])
+        stored = await client.events_until_complete()
+        assert [e["seq"] for e in stored] == [1, 2, 3, 4, 5]
+        assert stored[-1]["data"]["reason"] == "aborted"
+
+
 async def test_a_send_acknowledged_as_started_survives_an_immediate_sigkill(tmp_path: Path) -> None:
     # The ack comes only once the run is committed: killing the server the moment the
     # client has it must not lose the run (its client would never see it again).
@@ -223,8 +252,13 @@ async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "RUNWIRE_TOKENS": "", **(env or {})},
     )
-    async with asyncio.timeout(WAIT):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(WAIT):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # a server that started when it should have refused
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import anyio
 import pytest
 
+from registry import MemoryRegistry
 from registry.store import DEFAULT_PATH, SQLiteStore, StoreError
 
 from .conftest import Backend, rows, until
@@ -65,6 +67,36 @@ async def test_a_failed_open_leaves_no_threads_behind(db_path: Path) -> None:
             await SQLiteStore.open(db_path)
     # A closed connection's thread ends just after close() returns.
     await until(lambda: threading.active_count() <= threads)
+
+
+async def test_a_file_in_use_by_another_store_is_refused_and_left_alone(db_path: Path) -> None:
+    """Opening ends the runs a file says are running, as a crash's: a second store on a file
+    in use would end the first one's live runs. The file is locked instead, until closed."""
+    first = await SQLiteStore.open(db_path)
+    try:
+        record = await first.create_session(owner="ann", provider="echo")
+        registry = MemoryRegistry(store=first)
+        run_id = (await registry.start(record.session_id, owner="ann", content="go")).run_id
+        await first.flush()
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(StoreError, match="in use by another runwire server") as info:
+                await SQLiteStore.open(db_path)
+            assert str(db_path) in str(info.value)
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert rows(db_path, "SELECT status FROM runs WHERE run_id = ?", (run_id,)) == [
+            ("running",)
+        ]
+    finally:
+        await first.close()
+    # Closed, the file is free: the next store ends the run the first one left running.
+    second = await SQLiteStore.open(db_path)
+    try:
+        run = await second.get_run(run_id)
+        assert run is not None
+        assert run.outcome == "server_restart"
+    finally:
+        await second.close()
 
 
 async def test_bad_settings_are_refused(db_path: Path) -> None:
