@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -253,6 +255,25 @@ def _env_tokens(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_address(settings: Settings) -> tuple[str, str] | None:
+    """Bind the address once, so a port in use or a host this machine does not have is a
+    clear error, the flag and why, before anything else is touched. uvicorn binds for itself
+    afterwards; a port taken in between still fails there, in its log."""
+    host, port = settings.host, settings.port
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                # As uvicorn binds: a port whose last connections linger may be reused.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+    except OSError as exc:
+        flag = "--port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "--host"
+        return flag, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _check_storage(settings: Settings) -> tuple[str, str] | None:
     """Open the store (and reach Redis) once, so a bad --db, --database or --redis is a
     clear error before serving: the flag and what is wrong with it."""
@@ -337,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         generated = secrets.token_urlsafe(24)
         settings = replace(settings, tokens={generated: LOCAL_USER})
-    problem = _check_storage(settings)
+    problem = _check_address(settings) or _check_storage(settings)
     if problem is not None:
         parser.error(f"{problem[0]}: {problem[1]}")
     # Agent CLIs and OpenAI-compatible APIs are enabled by the environment (docs/providers.md).

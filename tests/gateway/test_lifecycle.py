@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -356,6 +357,25 @@ async def test_unreachable_engines_are_one_line_errors_naming_the_flag(
     assert "--redis" in err
     assert "cannot reach Redis" in err
     assert ":pw@" not in err
+
+
+async def test_an_address_that_cannot_be_listened_on_is_a_one_line_error(tmp_path: Path) -> None:
+    """Checked before the database is touched: nothing is created or recovered."""
+    db = tmp_path / "runwire.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await _cli("serve", "--port", str(port), "--db", str(db), *TOKEN_ARGS)
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"--port: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    # TEST-NET-1: an address no machine here has.
+    code, out, err = await _cli("serve", "--host", "192.0.2.1", "--db", str(db), *TOKEN_ARGS)
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--host: cannot listen on 192.0.2.1:8765: " in err
+    assert not db.exists()
 
 
 async def test_non_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
