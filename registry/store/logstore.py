@@ -419,11 +419,18 @@ class LogStore(ABC):
         decode = self._decoder.decode
         # The stored text goes along: a replayed event's frame is built around it rather
         # than by encoding the decoded data again.
-        events = []
-        for run_id, seq, kind, ts, stored in rows:
-            data, text = read_stored(decode, stored)
-            events.append(Event(session_id, run_id, seq, kind, ts, data, None, text))
-        return events
+        try:
+            return [
+                Event(session_id, run_id, seq, kind, ts, decode(text), None, text)
+                for run_id, seq, kind, ts, text in rows
+            ]
+        except RecursionError:
+            # Rare, and slower: a row too deep to decode here becomes its stand-in.
+            events = []
+            for run_id, seq, kind, ts, stored in rows:
+                data, text = read_stored(decode, stored)
+                events.append(Event(session_id, run_id, seq, kind, ts, data, None, text))
+            return events
 
     async def digest(
         self,
