@@ -381,3 +381,10 @@ def assert_run_stream(events: list[dict[str, Any]], run_id: str, start: int = 1)
     completes = [event for event in events if event["kind"] == "complete"]
     assert len(completes) == 1
     assert events[-1]["kind"] == "complete"
+
+
+def nested(depth: int, *, lists: bool = True) -> str:
+    """JSON text of ``depth`` containers, each the only item of the one around it."""
+    if lists:
+        return "[" * depth + "]" * depth
+    return '{"k":' * (depth - 1) + "{}" + "}" * (depth - 1)

@@ -23,7 +23,7 @@ from websockets.typing import Origin
 from gateway.frames import MAX_DEPTH
 from gateway.settings import Settings
 
-from .helpers import WAIT, Served, make_settings, serve
+from .helpers import WAIT, Served, make_settings, nested, serve
 
 # What each client frame type requires, and a valid value for every field.
 REQUIRED: dict[str, dict[str, Any]] = {
@@ -167,13 +167,6 @@ def typeless_frames(draw: st.DrawFn) -> tuple[str, str, str | None]:
         if extra["type"] is None:
             del extra["type"]
     return json.dumps(extra), "INVALID_FIELD", "type"
-
-
-def nested(depth: int, *, lists: bool) -> str:
-    """JSON text of ``depth`` containers, each the only item of the one around it."""
-    if lists:
-        return "[" * depth + "]" * depth
-    return '{"k":' * (depth - 1) + "{}" + "}" * (depth - 1)
 
 
 @st.composite

@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.frames import MAX_DEPTH
 from gateway.settings import Settings
 
-from .helpers import Served, assert_run_stream, serve
+from .helpers import Served, assert_run_stream, nested, serve
 
 
 async def test_session_crud(server: Served) -> None:
@@ -141,9 +141,6 @@ async def test_deeply_nested_bodies_get_a_clear_error(server: Served) -> None:
     """Free-form values may nest ``MAX_DEPTH`` levels; one more is ``INVALID_FIELD``
     naming the field, and a body nested past what the parser can read is ``BAD_FRAME``,
     not a server fault. Nothing of a refused body is kept."""
-
-    def nested(depth: int) -> str:
-        return "[" * depth + "]" * depth
 
     async with server.http() as http:
         sid = (await http.post("/api/sessions")).json()["session_id"]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import pytest
 
 from registry import Event, MemoryRegistry, NullPersistence, Position, RunSummary, Subscription
 
@@ -176,3 +177,19 @@ async def run_once(
     publish_texts(reg, session_id, texts)
     assert reg.publish(session_id, "complete", dict(data)) is not None
     return result.run_id
+
+
+def nested_past_any_limit() -> dict[str, Any]:
+    """Data nested deeper than the interpreter's recursion limit: JSON in principle, but
+    neither msgspec nor ``repr`` can take it."""
+    data: dict[str, Any] = {}
+    for _ in range(100_000):
+        data = {"k": data}
+    return data
+
+
+NOT_JSON = [
+    pytest.param(lambda: {"content": object()}, id="an-object"),
+    pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
+]
+"""Data a source may yield that cannot be JSON, made fresh for each use."""

@@ -26,6 +26,7 @@ from registry import (
 )
 from registry.store import Store
 
+from ..fakes import NOT_JSON
 from .conftest import LEASE, OWNER, Cluster, eventually
 
 WAIT = 20.0  # a hang guard only; nothing asserts on time
@@ -83,20 +84,7 @@ async def test_a_run_started_on_one_process_is_followed_on_another(cluster: Clus
             await client.aclose()
 
 
-def nested_past_any_limit() -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for _ in range(100_000):
-        data = {"k": data}
-    return data
-
-
-@pytest.mark.parametrize(
-    "bad_data",
-    [
-        pytest.param(lambda: {"content": object()}, id="an-object"),
-        pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
-    ],
-)
+@pytest.mark.parametrize("bad_data", NOT_JSON)
 async def test_data_that_is_not_json_keeps_its_seq_on_every_process(
     cluster: Cluster, bad_data: Callable[[], dict[str, Any]]
 ) -> None:

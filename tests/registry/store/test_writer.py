@@ -20,6 +20,7 @@ from registry import Event, MemoryRegistry, RunNotice, RunSummary
 from registry.store import SQLiteStore, Store
 from registry.store.sqlite_writer import ROW_STEP, ROWS_PER_STATEMENT, statement_sizes
 
+from ..fakes import NOT_JSON
 from .conftest import Backend, started, stored_events, until
 
 ALL = 1 << 62
@@ -297,21 +298,6 @@ async def test_a_refused_write_is_logged_and_the_rest_of_its_batch_kept(
         assert store.durable_seq(run_id) == 4
     finally:
         await store.close()
-
-
-def nested_past_any_limit() -> dict[str, Any]:
-    """Data nested deeper than the interpreter's recursion limit: JSON in principle, but
-    neither msgspec nor ``repr`` can take it."""
-    data: dict[str, Any] = {}
-    for _ in range(100_000):
-        data = {"k": data}
-    return data
-
-
-NOT_JSON = [
-    pytest.param(lambda: {"content": object()}, id="an-object"),
-    pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
-]
 
 
 @pytest.mark.parametrize("bad_data", NOT_JSON)
