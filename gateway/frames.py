@@ -16,7 +16,7 @@ import msgspec
 
 from registry import RunSummary, SubscribeInfo
 
-from .errors import GatewayError
+from .errors import GatewayError, invalid
 
 # Integers on the wire stay within what every JSON client can represent exactly.
 MAX_INT = 2**53
@@ -29,8 +29,19 @@ MAX_DEPTH = 64
 TOO_DEEP = "nested too deeply to read"
 FrameId = str | Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)] | None
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
-ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+# The longest id (session, run, provider, client message) a client may name.
+MAX_ID = 256
+ShortText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 Multitask = Literal["reject", "enqueue", "interrupt"]
+
+
+def checked_id(field: str, value: str) -> str:
+    """An id a client named in a URL or a header, held to the frames' limit: past
+    :data:`MAX_ID` characters it is ``INVALID_FIELD`` (rather than a not-found that would
+    echo all of it back)."""
+    if len(value) > MAX_ID:
+        raise invalid(field, f"expected at most {MAX_ID} characters")
+    return value
 
 
 class Send(msgspec.Struct, tag="send", tag_field="type", kw_only=True):

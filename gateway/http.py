@@ -49,7 +49,7 @@ MAX_PAGE = 1000
 MAX_KINDS = 32
 _KIND = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 Title = Annotated[str, msgspec.Meta(max_length=500)]
-Name = Annotated[str, msgspec.Meta(max_length=256)]
+Name = frames.ShortText
 
 
 class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
@@ -143,6 +143,12 @@ def query_int(request: Request, name: str, default: int, *, minimum: int, maximu
     return int(raw)
 
 
+def query_id(request: Request, name: str) -> str | None:
+    """An id query parameter (``None`` when absent or empty); see :func:`frames.checked_id`."""
+    raw = request.query_params.get(name)
+    return frames.checked_id(name, raw) if raw else None
+
+
 def query_kinds(request: Request) -> frozenset[str] | None:
     """``?kinds=text,tool_use``: the event kinds to keep (``None``: every kind)."""
     raw = request.query_params.get("kinds")
@@ -219,6 +225,8 @@ class HttpApi:
             if user is None:
                 return error_response(GatewayError("UNAUTHORIZED", "missing or wrong token"))
             try:
+                if "session_id" in request.path_params:
+                    frames.checked_id("session_id", request.path_params["session_id"])
                 return await handler(request, user)
             except GatewayError as exc:
                 return error_response(exc)
@@ -330,7 +338,7 @@ class HttpApi:
     async def events(self, request: Request, user: str) -> Response:
         service = self.gateway.service
         session_id = request.path_params["session_id"]
-        after_run = request.query_params.get("after_run") or None
+        after_run = query_id(request, "after_run")
         after_seq = query_int(request, "after_seq", 0, minimum=0, maximum=frames.MAX_INT)
         limit = query_int(request, "limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
         if after_run is None and "after_seq" in request.query_params:
@@ -369,7 +377,7 @@ class HttpApi:
         if last_event_id:
             run_id, after_seq = parse_last_event_id(last_event_id)
         else:
-            run_id = request.query_params.get("run_id") or None
+            run_id = query_id(request, "run_id")
             after_seq = query_int(request, "after_seq", 0, minimum=0, maximum=frames.MAX_INT)
         try:
             sub = await service.subscribe(user, session_id, run_id=run_id, after_seq=after_seq)

@@ -27,7 +27,7 @@ _SESSION_ID = {
     "name": "session_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "maxLength": 256},
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -470,7 +470,11 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
         "/api/sessions/{session_id}/events": {
             "parameters": [
                 _SESSION_ID,
-                {"name": "after_run", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "after_run",
+                    "in": "query",
+                    "schema": {"type": "string", "maxLength": 256},
+                },
                 {"name": "after_seq", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 {
                     "name": "limit",
@@ -510,7 +514,7 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             "parameters": [
                 _SESSION_ID,
                 {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                {"name": "run_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "run_id", "in": "query", "schema": {"type": "string", "maxLength": 256}},
                 {"name": "after_seq", "in": "query", "schema": {"type": "integer", "minimum": 0}},
             ],
             "get": {

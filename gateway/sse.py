@@ -33,7 +33,7 @@ def parse_last_event_id(value: str) -> tuple[str, int]:
     run_id, sep, seq = value.strip().rpartition(":")
     if not sep or not run_id or not seq.isdigit() or int(seq) > frames.MAX_INT:
         raise invalid("Last-Event-ID", "expected <run_id>:<seq>")
-    return run_id, int(seq)
+    return frames.checked_id("Last-Event-ID", run_id), int(seq)
 
 
 def _event_block(run_id: str, seq: int, kind: str, frame: str) -> str:

@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from gateway.app import Gateway
-from gateway.frames import MAX_DEPTH
+from gateway.frames import MAX_DEPTH, MAX_ID
 from gateway.settings import Settings
 
 from .helpers import Served, assert_run_stream, nested, serve
@@ -110,6 +110,41 @@ async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
         )
         wrong_method = await http.delete("/api/sessions")
         assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+async def test_an_id_past_the_frames_limit_is_named_not_echoed(server: Served) -> None:
+    """Ids in paths, queries and Last-Event-ID are held to the frames' limit: one longer
+    is INVALID_FIELD naming where it came from, with none of it in the message."""
+    too_long, longest = "x" * (MAX_ID + 1), "x" * MAX_ID
+    async with server.http() as http:
+        sid = (await http.post("/api/sessions")).json()["session_id"]
+        stream = f"/api/sessions/{sid}/stream"
+        cases = [
+            (await http.get(f"/api/sessions/{too_long}"), "session_id"),
+            (await http.delete(f"/api/sessions/{too_long}"), "session_id"),
+            (await http.post(f"/api/sessions/{too_long}/abort"), "session_id"),
+            (await http.get(f"/api/sessions/{too_long}/events"), "session_id"),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"after_run": too_long}),
+                "after_run",
+            ),
+            (await http.get(stream, params={"run_id": too_long}), "run_id"),
+            (await http.get(stream, headers={"Last-Event-ID": f"{too_long}:3"}), "Last-Event-ID"),
+        ]
+        for response, field in cases:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == {
+                "code": "INVALID_FIELD",
+                "message": f"{field}: expected at most {MAX_ID} characters",
+                "field": field,
+            }
+        # At the limit, an id is looked up like any other.
+        missing = await http.get(f"/api/sessions/{longest}")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "SESSION_NOT_FOUND")
+        history = await http.get(f"/api/sessions/{sid}/events", params={"after_run": longest})
+        assert history.json()["error"]["message"] == (
+            f"after_run: {longest} is not a run of session {sid}"
+        )
 
 
 async def test_history_is_paginated_in_order(server: Served) -> None:
