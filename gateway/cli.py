@@ -255,6 +255,19 @@ def _env_tokens(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return pairs
 
 
+def _tokens(parser: argparse.ArgumentParser, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Token to user, from ``--token`` and the environment together. A token given for two
+    users is an error: whichever won, one of them would act as the other."""
+    tokens: dict[str, str] = {}
+    for token, user in pairs:
+        if tokens.setdefault(token, user) != user:
+            parser.error(
+                f"--token, {TOKENS_ENV}: one token is given for both {tokens[token]!r} and "
+                f"{user!r}; a token names one user"
+            )
+    return tokens
+
+
 def _check_address(settings: Settings) -> tuple[str, str] | None:
     """Bind the address once, so a port in use or a host this machine does not have is a
     clear error, the flag and why, before anything else is touched. uvicorn binds for itself
@@ -324,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return USAGE_ERROR
-    tokens = dict(_env_tokens(parser))
-    tokens.update(dict(args.tokens))
+    tokens = _tokens(parser, [*_env_tokens(parser), *args.tokens])
     try:
         settings = Settings(
             host=args.host,

@@ -304,6 +304,7 @@ async def test_help_explains_every_flag() -> None:
         ["--max-frame", "12"],
         ["--log-format", "xml"],
         ["--token", "nocolon"],
+        ["--token", "same:alice", "--token", "same:bob"],
         ["--origin", "not a url"],
         ["--send-rate", "0"],
         ["--send-rate", "fast"],
@@ -332,6 +333,15 @@ async def test_bad_tokens_env_and_unusable_db_are_one_line_errors(tmp_path: Path
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "RUNWIRE_TOKENS" in err
+    # One token for two users, across the environment and a flag; the token is not shown.
+    code, _, err = await _cli(
+        "serve", "--token", "tokS3cret:bob", env={"RUNWIRE_TOKENS": "tokS3cret:alice"}
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "runwire: error: --token, RUNWIRE_TOKENS: one token is given for both 'alice' and "
+        "'bob'; a token names one user"
+    ]
     (tmp_path / "dir.db").mkdir()
     code, _, err = await _cli("serve", "--db", str(tmp_path / "dir.db"))
     assert code == 2
