@@ -519,7 +519,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             ],
             "get": {
                 "summary": "The session's events as Server-Sent Events (id: run_id:seq, "
-                "event: kind, data: event frame)",
+                "event: kind, data: event frame); first event: subscribed; it ends with "
+                "event: lagged (reconnect to resume) or event: session_deleted",
                 "responses": {
                     "200": {
                         "description": "An event stream",

@@ -118,7 +118,14 @@ class EventStream(Response):
                     "".join(_event_block(e.run_id, e.seq, e.kind, e.frame()) for e in events)
                 )
                 continue
-            if sub.closed or self._finishing:
+            if self._finishing:
+                return
+            if sub.closed:
+                # Only deleting its session closes a stream's subscription: say so, so that
+                # the client stops rather than reconnecting to a 404.
+                await write(
+                    f"event: session_deleted\ndata: {frames.session_deleted(sub.session_id)}\n\n"
+                )
                 return
             if not waker.arm((sub,)):
                 continue

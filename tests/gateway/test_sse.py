@@ -120,3 +120,32 @@ async def test_sse_stream_ends_on_shutdown_after_the_server_restart_complete(
             await drain
         assert [e["kind"] for e in events] == ["text_delta", "complete"]
         assert events[-1]["data"]["reason"] == "server_restart"
+
+
+async def test_sse_stream_of_a_deleted_session_ends_saying_so(server: Served) -> None:
+    """Deleting the session ends its streams with ``session_deleted``, last, so a client
+    stops rather than reconnecting to a 404; other sessions' streams go on."""
+    async with server.client() as client, server.http() as http:
+        doomed = await client.send_message(options={"chunks": 2, "delay_ms": 0, "hang": True})
+        kept = await client.send_message(options={"chunks": 2, "delay_ms": 0, "hang": True})
+        sid = doomed["session_id"]
+        async with (
+            http.stream("GET", f"/api/sessions/{sid}/stream") as response,
+            http.stream("GET", f"/api/sessions/{kept['session_id']}/stream") as other,
+        ):
+            messages = sse_events(response)
+            async for message in messages:
+                if message.get("event") == "text_delta":
+                    break
+            assert (await http.delete(f"/api/sessions/{sid}")).status_code == 204
+            rest = [message async for message in messages]  # Ends when the server ends it.
+            assert rest[-1] == {
+                "event": "session_deleted",
+                "data": json.dumps(
+                    {"type": "session_deleted", "session_id": sid}, separators=(",", ":")
+                ),
+            }
+            assert all(message.get("event") == "text_delta" for message in rest[:-1])
+            await http.post(f"/api/sessions/{kept['session_id']}/abort")
+            events, _ = await read_until(other)
+        assert events[-1]["data"]["reason"] == "aborted"
