@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -318,8 +320,8 @@ async def test_openapi_describes_every_route(server: Served) -> None:
         assert methods <= set(paths[path]), path
 
 
-async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings) -> None:
-    gateway = Gateway(settings)
+def starlette_parent(gateway: Gateway) -> Starlette:
+    """The gateway's routes mounted at /chat in a Starlette app of its own."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -329,9 +331,35 @@ async def test_routes_mount_under_a_prefix_in_a_parent_app(settings: Settings) -
     async def home(request: Request) -> PlainTextResponse:
         return PlainTextResponse("parent app")
 
-    parent = Starlette(
+    return Starlette(
         routes=[Route("/", home), Mount("/chat", routes=gateway.routes())], lifespan=lifespan
     )
+
+
+def fastapi_parent(gateway: Gateway) -> Starlette:
+    """The same in a FastAPI app, the way FastAPI mounts a sub-application."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with gateway.lifespan():
+            yield
+
+    parent = FastAPI(lifespan=lifespan)
+
+    @parent.get("/", response_class=PlainTextResponse)
+    async def home() -> str:
+        return "parent app"
+
+    parent.mount("/chat", Starlette(routes=gateway.routes()))
+    return parent
+
+
+@pytest.mark.parametrize("make_parent", [starlette_parent, fastapi_parent])
+async def test_routes_mount_under_a_prefix_in_a_parent_app(
+    settings: Settings, make_parent: Callable[[Gateway], Starlette]
+) -> None:
+    gateway = Gateway(settings)
+    parent = make_parent(gateway)
     async with serve(settings, app=parent, gateway=gateway, prefix="/chat") as server:
         async with server.http() as http:
             assert (await http.get("/healthz")).json() == {"status": "ok"}
