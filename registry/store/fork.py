@@ -166,7 +166,7 @@ async def plan_fork(tx: Tx, session_id: str, at: ForkPoint | None) -> ForkPlan:
     else:
         found = [i for i, run in enumerate(runs) if run.run_id == at.run_id]
         if not found:
-            raise BadForkPoint("run_id", f"run {at.run_id} is not a run of session {session_id}")
+            raise BadForkPoint("run_id", f"{at.run_id} is not a run of session {session_id}")
         index = found[0]
         keep = runs[index].last if at.seq is None else at.seq
         if not 0 <= keep <= runs[index].last:

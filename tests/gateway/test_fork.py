@@ -225,6 +225,11 @@ async def test_fork_positions_are_checked_and_sessions_owner_checked(served: Ser
             assert bad.status_code == 400, (body, bad.text)
             assert bad.json()["error"]["code"] == "INVALID_FIELD"
             assert bad.json()["error"]["field"].startswith(field), (body, bad.json())
+        unknown = await http.post(f"/api/sessions/{sid}/fork", json={"run_id": "r_nope"})
+        # Worded as every endpoint words a run that is not the session's.
+        assert unknown.json()["error"]["message"] == (
+            f"run_id: r_nope is not a run of session {sid}"
+        )
         assert (await http.post("/api/sessions/nope/fork")).status_code == 404
         sessions = (await http.get("/api/sessions")).json()["sessions"]
     assert len(sessions) == 3
