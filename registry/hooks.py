@@ -59,9 +59,14 @@ class Persistence(Protocol):
         """The session's newest run as stored, if any."""
 
     async def read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self,
+        session_id: str,
+        after: Position | None,
+        before: Position | None,
+        limit: int | None = None,
     ) -> list[Event] | None:
-        """The session's events strictly after ``after`` and strictly before ``before``.
+        """The session's events strictly after ``after`` and strictly before ``before``, the
+        first ``limit`` of them (``None``: all).
 
         ``after=None`` means from the start of the session's first run; ``before=None`` means
         to the end of the log. Runs come in start order, events in seq order. Returns ``None``
@@ -108,7 +113,11 @@ class NullPersistence:
         return None
 
     async def read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self,
+        session_id: str,
+        after: Position | None,
+        before: Position | None,
+        limit: int | None = None,
     ) -> list[Event] | None:
         raise NotImplementedError
 

@@ -95,6 +95,10 @@ class RegistryStats:
         self.evicted = 0
 
 
+# Most events one subscription reads from the log at once (about 0.7 KB each in memory).
+REPLAY_PAGE = 10_000
+
+
 class MemoryRegistry:
     """Runs keyed by the app's session id, with seqs, replay buffers and subscriptions.
 
@@ -111,9 +115,12 @@ class MemoryRegistry:
         buffer_size: int = 5000,
         run_ttl: float = 300.0,
         queue_limit: int = 10,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
+        if replay_page < 1:
+            raise ValueError("replay_page must be at least 1")
         if run_ttl < 0:
             raise ValueError("run_ttl must not be negative")
         if queue_limit < 0:
@@ -123,6 +130,7 @@ class MemoryRegistry:
         self.buffer_size = buffer_size
         self.run_ttl = run_ttl
         self.queue_limit = queue_limit
+        self.replay_page = replay_page
         self.stats = RegistryStats()
         self._sessions: dict[str, SessionState] = {}
         self._runs: dict[str, Run] = {}
@@ -757,6 +765,7 @@ class MemoryRegistry:
             sub.info = self._info(state, sub, recovered=False, first_available=before)
             return sub
         read = self._store.read_history
+        page = self.replay_page
         try:
             if run_id is None:
                 # The latest run is the one in memory when there is one: the store's newest
@@ -767,28 +776,35 @@ class MemoryRegistry:
                     latest_id = latest.run_id if latest is not None else None
                 after = Position(latest_id, after_seq) if latest_id is not None else None
                 # No run in the log either: the session has no events yet.
-                events = [] if after is None else await read(state.session_id, after, before)
+                events = [] if after is None else await read(state.session_id, after, before, page)
             else:
-                events = await read(state.session_id, Position(run_id, after_seq), before)
+                events = await read(state.session_id, Position(run_id, after_seq), before, page)
         except BaseException:
             sub.close()
             raise
         if events is None:
             sub.close()
             raise UnknownRun(state.session_id, run_id or "")
+        read_count = len(events)
         events = self._unseen(state, sub, events)
+        # A full page that memory does not continue: the log may hold more. Delivery then
+        # ends after the page with ``lagged``, and subscribing again from there reads the
+        # next one, so a replay holds at most a page in memory however long the history.
+        page_end = read_count == page and len(events) == read_count
         requested = Position(run_id, after_seq) if run_id is not None else after
-        memory = Position(sub._run.run_id, sub._next) if sub._run is not None else None
+        memory = None
+        if sub._run is not None and not page_end:
+            memory = Position(sub._run.run_id, sub._next)
         hole = _first_hole(events, requested, memory)
         if hole is not None:
             # Events the client asked for exist nowhere any more (lost where they were
             # numbered before they were written): delivery starts after the hole.
             log.error("session %s: events before %s are lost", state.session_id, hole)
             cut = next((i for i, e in enumerate(events) if e.position == hole), len(events))
-            sub._set_prefix(events[cut:])
+            sub._set_prefix(events[cut:], page_end=page_end)
             sub.info = self._info(state, sub, recovered=False, first_available=hole)
             return sub
-        sub._set_prefix(events)
+        sub._set_prefix(events, page_end=page_end)
         sub.info = self._info(state, sub, recovered=True)
         return sub
 

@@ -63,6 +63,7 @@ class Subscription:
         "_last_run",
         "_last_seq",
         "_next",
+        "_page_end",
         "_prefix",
         "_run",
         "_session",
@@ -87,6 +88,8 @@ class Subscription:
         self._next = next_seq
         self._want = session.started
         self._prefix: list[Event] = []
+        # The prefix is a page of a longer replay: after it, lag rather than read memory.
+        self._page_end = False
         self._last_run, self._last_seq = last
         self._lagged: Lagged | None = None
         self.closed = False
@@ -100,6 +103,8 @@ class Subscription:
     def pending(self) -> int:
         """How many events are available to :meth:`pull` right now, across runs."""
         count = len(self._prefix)
+        if self._page_end:
+            return count
         run, nxt = self._run, self._next
         if run is None:
             run = self._first_wanted()
@@ -126,14 +131,15 @@ class Subscription:
         """Take the events available now, at most ``limit``; ``[]`` when there are none.
 
         Raises :class:`Lagged` (once, after delivering everything still deliverable) when
-        the cursor was overrun, and then the subscription is closed.
+        the cursor was overrun, or after the last event of a replay's page, and then the
+        subscription is closed.
         """
         if self.closed:
             return []
         out: list[Event] = []
         if self._prefix:
             out = self._take_prefix(limit)
-        while limit is None or len(out) < limit:
+        while not self._page_end and (limit is None or len(out) < limit):
             run = self._run
             if run is None:
                 run = self._first_wanted()
@@ -169,6 +175,8 @@ class Subscription:
         if out:
             last = out[-1]
             self._last_run, self._last_seq = last.run_id, last.seq
+            if self._page_end and not self._prefix:
+                self._lag()  # resubscribing from here reads the next page
         elif self._lagged is not None:
             lagged = self._lagged
             self.close()
@@ -220,8 +228,9 @@ class Subscription:
 
     # Internal --------------------------------------------------------------------------
 
-    def _set_prefix(self, events: list[Event]) -> None:
+    def _set_prefix(self, events: list[Event], *, page_end: bool = False) -> None:
         self._prefix = events
+        self._page_end = page_end and bool(events)
 
     def _take_prefix(self, limit: int | None) -> list[Event]:
         prefix = self._prefix

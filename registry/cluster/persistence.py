@@ -81,9 +81,13 @@ class OwnedPersistence:
         return await self.store.latest_run(session_id)
 
     async def read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self,
+        session_id: str,
+        after: Position | None,
+        before: Position | None,
+        limit: int | None = None,
     ) -> list[Event] | None:
-        return await self.store.read_history(session_id, after, before)
+        return await self.store.read_history(session_id, after, before, limit)
 
 
 class Release:

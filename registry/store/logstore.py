@@ -107,7 +107,7 @@ class LogStore(ABC):
         self._decoder = msgspec.json.Decoder(dict[str, Any])
         self._digests = DigestCache()
         self._history_reads: SharedCalls[
-            tuple[str, Position | None, Position], list[Event] | None
+            tuple[str, Position | None, Position, int | None], list[Event] | None
         ] = SharedCalls()
 
     # The engine's part ------------------------------------------------------------------
@@ -301,10 +301,15 @@ class LogStore(ABC):
         return run_summary(rows[0]) if rows else None
 
     async def read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self,
+        session_id: str,
+        after: Position | None,
+        before: Position | None,
+        limit: int | None = None,
     ) -> list[Event] | None:
         """The session's events strictly after ``after`` and strictly before ``before``, runs
-        in start order then seq; ``None`` when ``after`` is not a run of the session.
+        in start order then seq, the first ``limit`` of them (``None``: all); ``None`` when
+        ``after`` is not a run of the session.
 
         ``after=None`` starts at the session's first run; ``before=None`` (or a run the log
         does not have) reads to the end. Flushes first, so every published event is here.
@@ -315,21 +320,21 @@ class LogStore(ABC):
         be changed. A read to the end is never shared: a later one may see more.
         """
         if before is None:
-            return await self._read_history(session_id, after, before)
-        key = (session_id, after, before)
+            return await self._read_history(session_id, after, before, limit)
+        key = (session_id, after, before, limit)
         return await self._history_reads.run(
-            key, lambda: self._read_history(session_id, after, before)
+            key, lambda: self._read_history(session_id, after, before, limit)
         )
 
     async def _read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self, session_id: str, after: Position | None, before: Position | None, limit: int | None
     ) -> list[Event] | None:
         await self._settle()
         ords = await self._ords(session_id, after, before)
         if ords is None:
             return None
         lo, lo_seq, hi, hi_seq = ords
-        return await self._history(session_id, lo, lo_seq, hi, hi_seq, limit=None)
+        return await self._history(session_id, lo, lo_seq, hi, hi_seq, limit=limit)
 
     async def history_page(
         self,

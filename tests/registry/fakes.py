@@ -108,7 +108,11 @@ class FakeStore:
         return runs[-1] if runs else None
 
     async def read_history(
-        self, session_id: str, after: Position | None, before: Position | None
+        self,
+        session_id: str,
+        after: Position | None,
+        before: Position | None,
+        limit: int | None = None,
     ) -> list[Event] | None:
         self.history_calls.append((session_id, after, before))
         answer = self.history(session_id, after, before) if self.snapshot else None
@@ -116,7 +120,9 @@ class FakeStore:
             if self.reading is not None:
                 self.reading.set()
             await self.gate.wait()
-        return answer if self.snapshot else self.history(session_id, after, before)
+        if not self.snapshot:
+            answer = self.history(session_id, after, before)
+        return answer if answer is None or limit is None else answer[:limit]
 
     # Helpers -------------------------------------------------------------------------
 

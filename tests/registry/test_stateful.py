@@ -40,6 +40,7 @@ from registry import (
     RunInProgress,
     Subscription,
 )
+from registry.memory import REPLAY_PAGE
 
 from .fakes import FakeStore, Recorder
 
@@ -108,16 +109,19 @@ class RegistryMachine(RuleBasedStateMachine):
         buffer_size=st.integers(min_value=4, max_value=8),
         texts=st.integers(min_value=0, max_value=10),
         watchers=st.lists(st.booleans(), max_size=2),
+        replay_page=st.sampled_from((1, 2, 3, REPLAY_PAGE)),
     )
-    def begin(self, buffer_size: int, texts: int, watchers: list[bool]) -> None:
+    def begin(self, buffer_size: int, texts: int, watchers: list[bool], replay_page: int) -> None:
         """A registry with a run going in s1 (so that most examples have one) and possibly
-        subscribers (fast or slow) that watch s1 from its very start."""
+        subscribers (fast or slow) that watch s1 from its very start. A small
+        ``replay_page`` makes most replays from the store come in pages."""
         self.reg = MemoryRegistry(
             store=self.store,
             clock=self.clock,
             buffer_size=buffer_size,
             run_ttl=TTL,
             queue_limit=QUEUE_LIMIT,
+            replay_page=replay_page,
         )
         for slow in watchers:
             self.add_sub("s1", None, 0, slow)
@@ -364,9 +368,10 @@ class RegistryMachine(RuleBasedStateMachine):
         tracked = Tracked(sub, session_id, anchor, slow)
         self.subs.append(tracked)
         if not slow:
-            # Nothing was published since it subscribed: it has no reason to lag.
+            # Nothing was published since it subscribed: it has no reason to lag, but for
+            # the end of a replay's page (and then it subscribed again, from there).
             self.pull(tracked)
-            assert tracked in self.subs, "lagged right after subscribing"
+            assert tracked in self.subs or tracked.sub._page_end, "lagged right after subscribing"
 
     @rule(index=st.integers(min_value=0))
     def unsubscribe(self, index: int) -> None:
@@ -415,10 +420,18 @@ class RegistryMachine(RuleBasedStateMachine):
             assert (lag.run_id, lag.last_seq) == pos(tracked.delivered[-1])
         else:
             assert (lag.run_id, lag.last_seq) == tracked.start_position
-        # It lagged for a reason: the next event it owed is gone from memory.
-        owed = events[tracked.anchor + len(tracked.delivered)]
-        run = self.reg._runs.get(owed.run_id)
-        assert run is None or run.buffer.first_seq > owed.seq
+        info = tracked.sub.info
+        assert info is not None
+        if tracked.sub._page_end:
+            # A replay's page ended: it delivered a whole page from the store, no more.
+            event("lagged after a replay's page")
+            assert self.with_store
+            assert len(tracked.delivered) == info.replayed == self.reg.replay_page
+        else:
+            # It lagged for a reason: the next event it owed is gone from memory.
+            owed = events[tracked.anchor + len(tracked.delivered)]
+            run = self.reg._runs.get(owed.run_id)
+            assert run is None or run.buffer.first_seq > owed.seq
         if lag.run_id is not None:
             # What a client does next: resubscribe from the position it was given.
             event("resubscribed after lagged")

@@ -11,6 +11,7 @@ import pytest
 
 from registry import (
     Event,
+    Lagged,
     ManualClock,
     MemoryRegistry,
     Position,
@@ -34,6 +35,17 @@ def drain(sub: Subscription) -> list[Event]:
     while batch := sub.pull():
         out.extend(batch)
     return out
+
+
+def pull_until_lagged(sub: Subscription) -> tuple[list[Event], Lagged | None]:
+    """What ``sub`` delivers now, a few at a time, and the ``Lagged`` that ended it, if any."""
+    out: list[Event] = []
+    try:
+        while batch := sub.pull(4):
+            out.extend(batch)
+    except Lagged as lag:
+        return out, lag
+    return out, None
 
 
 def assert_gapless(events: list[Event], runs: list[str], *, start: tuple[str, int]) -> None:
@@ -290,6 +302,48 @@ async def test_an_evicted_run_is_served_from_the_log_then_the_next_run_live(
         assert_gapless(got, [r1, r2], start=(r1, after_seq))
         assert got[-1].position == Position(r2, 4)
         sub.close()
+
+
+async def test_a_long_replay_comes_in_pages_each_ended_by_lagged(
+    store: Store, clock: ManualClock
+) -> None:
+    """A replay holds at most ``replay_page`` events: the subscription ends after a page
+    with ``lagged`` at its last event, and subscribing again from there reads the next,
+    until memory continues the last one. Together: every event once, in order, then live."""
+    registry = MemoryRegistry(store=store, clock=clock, run_ttl=60, buffer_size=4, replay_page=6)
+    sid, runs = await session_with_runs(store, registry, [20, 7, 3])
+    registry.complete_run(sid, exit_code=0)
+    await store.flush()
+    clock.advance(61)
+    assert registry.sweep() == 3
+    page = await store.read_history(sid, Position(runs[0], 0), None, 6)
+    assert page is not None
+    assert positions(page) == [(runs[0], seq) for seq in range(1, 7)]
+    got: list[Event] = []
+    pages: list[int] = []
+    position: tuple[str, int] = (runs[0], 0)
+    while True:
+        sub = await registry.subscribe(sid, owner=OWNER, run_id=position[0], after_seq=position[1])
+        assert sub.info is not None
+        assert sub.info.recovered
+        delivered, lag = pull_until_lagged(sub)
+        pages.append(len(delivered))
+        assert sub.info.replayed == len(delivered)
+        got += delivered
+        if lag is None:
+            break
+        assert (lag.run_id, lag.last_seq) == delivered[-1].position
+        assert sub.closed
+        position = delivered[-1].position
+    assert_gapless(got, runs, start=(runs[0], 0))
+    assert len(got) == 22 + 9 + 5
+    # Six full pages; the seventh subscription finds the log's end (a page that is not
+    # full is the last), and goes on live.
+    assert pages == [6, 6, 6, 6, 6, 6, 0]
+    # The last subscription goes on live.
+    run4 = (await registry.start(sid, owner=OWNER, content="again")).run_id
+    await store.flush()
+    assert positions(drain(sub)) == [(run4, 1)]
 
 
 async def test_eviction_waits_for_the_disk(
