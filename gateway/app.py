@@ -178,6 +178,7 @@ class Gateway:
                 lease=settings.lease,
                 prefix=settings.redis_prefix,
                 delivery_delay=settings.flush_delay,
+                replay_page=settings.replay_page,
             )
         return LocalRegistry(
             MemoryRegistry(
@@ -186,6 +187,7 @@ class Gateway:
                 buffer_size=settings.buffer_size,
                 run_ttl=settings.run_ttl,
                 queue_limit=settings.queue_limit,
+                replay_page=settings.replay_page,
             )
         )
 

@@ -384,7 +384,7 @@ class HttpApi:
         except UnknownRun as exc:
             field = "Last-Event-ID" if last_event_id else "run_id"
             raise invalid(field, exc.detail) from None
-        return EventStream(gateway, sub)
+        return EventStream(gateway, sub, user)
 
     async def abort(self, request: Request, user: str) -> Response:
         body = await read_body(request, AbortBody, self.gateway.settings.max_frame)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from registry.memory import REPLAY_PAGE
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -42,6 +44,9 @@ class Settings:
     # With several processes, delivery does not wait for the database but is batched the
     # same way: this is the longest wait of an event before its subscribers get it.
     flush_delay: float = 0.005
+    # Most events a subscription reads from the log at once. A longer replay comes in
+    # pages, each ended by `lagged` (SSE streams go on from page to page themselves).
+    replay_page: int = REPLAY_PAGE
     # Several processes: Redis keeps the live runs and PostgreSQL the store (both, or neither:
     # one process with SQLite at `db`).
     redis: str | None = None
@@ -64,6 +69,7 @@ class Settings:
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
             (self.send_rate > 0 and self.send_burst >= 1, "send rate limit must be positive"),
             (0 <= self.flush_delay <= 10, "flush delay must be in 0..10 seconds"),
+            (self.replay_page >= 1, "replay page must be at least 1 event"),
             (self.outbound_limit >= 1, "outbound limit must be at least 1"),
             (self.ping_interval > 0, "ping interval must be positive"),
             (self.send_buffer >= 4096, "send buffer must be at least 4096 bytes"),

@@ -4,25 +4,29 @@ Each event goes out as ``id: <run_id>:<seq>``, ``event: <kind>``, ``data: <event
 so a browser's ``EventSource`` resumes by itself: it reconnects with ``Last-Event-ID`` and
 the stream continues right after that position. A stream that falls behind the replay
 buffer ends with an ``event: lagged``; the automatic reconnect then resumes it losslessly.
+A long replay read from the log in pages goes on from page to page within the stream.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from registry import Lagged, Subscription
+from registry import Lagged, RegistryError, Subscription
 
 from . import frames
 from .connection import PULL_LIMIT
-from .errors import invalid
+from .errors import GatewayError, invalid
 from .waker import Waker
 
 if TYPE_CHECKING:
     from .app import Gateway
+
+log = logging.getLogger("runwire.gateway")
 
 # How long the client waits before reconnecting after the stream ends (ms).
 RETRY_MS = 1000
@@ -47,13 +51,14 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, gateway: Gateway, sub: Subscription) -> None:
+    def __init__(self, gateway: Gateway, sub: Subscription, user: str) -> None:
         # Not Response.__init__: it would declare an empty body's Content-Length.
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._gateway = gateway
         self._sub = sub
+        self._user = user
         self._waker = Waker()
         self._finishing = False
 
@@ -90,6 +95,17 @@ class EventStream(Response):
             self._sub.close()
             gateway.stream_closed(self)
 
+    async def _next_page(self, lag: Lagged) -> Subscription | None:
+        """The stream's subscription again, from where its replay's page ended; ``None``
+        when that fails (the client's reconnect then resumes from the ``lagged``)."""
+        try:
+            return await self._gateway.service.subscribe(
+                self._user, lag.session_id, run_id=lag.run_id, after_seq=lag.last_seq
+            )
+        except (GatewayError, RegistryError) as exc:
+            log.warning("a stream of session %s could not read on: %s", lag.session_id, exc)
+            return None
+
     async def _pump(self, send: Send) -> None:
         sub = self._sub
         waker = self._waker
@@ -108,6 +124,13 @@ class EventStream(Response):
             try:
                 events = sub.pull(PULL_LIMIT)
             except Lagged as lag:
+                if sub.paged:
+                    # Only a page of a long replay ended: read the next, as a client would
+                    # on lagged, but without ending the stream (a reconnect costs a retry).
+                    next_page = await self._next_page(lag)
+                    if next_page is not None:
+                        sub = self._sub = next_page
+                        continue
                 stats.lagged += 1
                 data = frames.lagged(lag.session_id, lag.run_id, lag.last_seq)
                 await write(f"event: lagged\ndata: {data}\n\n")

@@ -96,6 +96,12 @@ class Subscription:
         self.info: SubscribeInfo | None = None
 
     @property
+    def paged(self) -> bool:
+        """Whether delivery ends after a page of a longer replay from the log (then with
+        :class:`Lagged` at the page's last event: subscribing again from there continues)."""
+        return self._page_end
+
+    @property
     def position(self) -> tuple[str | None, int]:
         """The last position delivered (or the requested one, before any delivery)."""
         return self._last_run, self._last_seq

@@ -39,6 +39,7 @@ from ..errors import QueueFull, RunInProgress, ShuttingDown
 from ..events import COMPLETE, USER_MESSAGE, Event, Outcome, RunSummary, complete_data
 from ..ids import RunIds
 from ..memory import (
+    REPLAY_PAGE,
     MemoryRegistry,
     Notice,
     Policy,
@@ -94,6 +95,7 @@ class ClusterRegistry:
         prefix: str = "runwire",
         process_id: str | None = None,
         delivery_delay: float = 0.005,
+        replay_page: int = REPLAY_PAGE,
     ) -> None:
         if lease <= 0:
             raise ValueError("lease must be positive")
@@ -121,6 +123,7 @@ class ClusterRegistry:
             buffer_size=buffer_size,
             run_ttl=run_ttl,
             queue_limit=queue_limit,
+            replay_page=replay_page,
         )
         self.stats: RegistryStats = self.mirror.stats
         self._listeners: list[Callable[[Notice], None]] = []

@@ -149,3 +149,36 @@ async def test_sse_stream_of_a_deleted_session_ends_saying_so(server: Served) ->
             await http.post(f"/api/sessions/{kept['session_id']}/abort")
             events, _ = await read_until(other)
         assert events[-1]["data"]["reason"] == "aborted"
+
+
+async def test_a_long_replay_streams_page_after_page_without_ending(settings: Settings) -> None:
+    """A replay read from the log in pages (each ends the subscription with lagged) goes
+    on within one stream: every event once, in order, and no lagged in between."""
+    from dataclasses import replace
+
+    from .helpers import serve
+
+    paged = replace(settings, buffer_size=8, replay_page=5)
+    async with serve(paged) as server, server.client() as client, server.http() as http:
+        ack = await client.send_message(options={"chunks": 40, "delay_ms": 0})
+        await client.subscribe(ack["session_id"])
+        await client.events_until_complete(ack["run_id"])
+        url = f"/api/sessions/{ack['session_id']}/stream"
+        params = {"run_id": ack["run_id"], "after_seq": 0}
+        async with http.stream("GET", url, params=params) as response:
+            messages = [m async for m in until_complete(sse_events(response))]
+    assert messages[0]["event"] == "subscribed"
+    assert json.loads(messages[0]["data"])["replayed"] == 5
+    events = [json.loads(m["data"]) for m in messages[1:]]
+    assert [e["seq"] for e in events] == list(range(1, 44))
+    assert events[-1]["kind"] == "complete"
+
+
+async def until_complete(
+    messages: AsyncIterator[dict[str, Any]],
+) -> AsyncIterator[dict[str, Any]]:
+    """``messages`` up to and including the first ``complete`` event."""
+    async for message in messages:
+        yield message
+        if message.get("event") == "complete":
+            return

@@ -195,6 +195,41 @@ async def test_a_client_that_does_not_read_gets_lagged_and_loses_nothing(tmp_pat
     assert server.gateway.stats.lagged >= 1
 
 
+async def test_a_long_replay_comes_in_pages_that_resubscribing_continues(tmp_path: Path) -> None:
+    """Past ``replay_page`` events from the log, a subscription delivers a page and ends
+    with lagged at its last event; subscribing again from each lagged gets it all once."""
+    async with serve(_settings(tmp_path, buffer_size=8, replay_page=5)) as server:
+        async with server.client() as client:
+            ack = await client.send_message(options={"chunks": 40, "delay_ms": 0})
+            session_id, run_id = ack["session_id"], ack["run_id"]
+            await client.next_of("run_finished")
+        async with server.client() as client:
+            received: list[dict[str, Any]] = []
+            position = 0
+            pages = 0
+            while True:
+                subscribed = await client.subscribe(session_id, run_id=run_id, after_seq=position)
+                pages += 1
+                page = []
+                while True:
+                    frame = await client.next_of("event", "lagged")
+                    if frame["type"] == "lagged" or frame["kind"] == "complete":
+                        break
+                    page.append(frame)
+                if frame["type"] == "event":
+                    received += [*page, frame]
+                    break
+                received += page
+                assert subscribed["replayed"] == len(page) == 5
+                assert (frame["run_id"], frame["last_seq"]) == (run_id, page[-1]["seq"])
+                position = frame["last_seq"]
+    assert_run_stream(received, run_id)
+    assert len(received) == 43
+    # The log's 35 (the buffer holds the last 8) in 7 pages; the 8th subscription reads
+    # nothing more from the log and goes on from memory.
+    assert pages == 8
+
+
 async def test_a_connection_that_never_reads_its_replies_is_closed(tmp_path: Path) -> None:
     async with serve(_settings(tmp_path, outbound_limit=20)) as server:
         sock = await small_window_socket(server.port)

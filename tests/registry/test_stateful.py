@@ -371,7 +371,7 @@ class RegistryMachine(RuleBasedStateMachine):
             # Nothing was published since it subscribed: it has no reason to lag, but for
             # the end of a replay's page (and then it subscribed again, from there).
             self.pull(tracked)
-            assert tracked in self.subs or tracked.sub._page_end, "lagged right after subscribing"
+            assert tracked in self.subs or tracked.sub.paged, "lagged right after subscribing"
 
     @rule(index=st.integers(min_value=0))
     def unsubscribe(self, index: int) -> None:
@@ -422,7 +422,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert (lag.run_id, lag.last_seq) == tracked.start_position
         info = tracked.sub.info
         assert info is not None
-        if tracked.sub._page_end:
+        if tracked.sub.paged:
             # A replay's page ended: it delivered a whole page from the store, no more.
             event("lagged after a replay's page")
             assert self.with_store
