@@ -187,6 +187,9 @@ async def stallers(
             compression=None,
             max_queue=1,
             max_size=None,
+            # A client that does not read gets no pong either: the library's own keepalive
+            # would close it (1011) after 40 s on a slow machine, before it is read.
+            ping_interval=None,
         )
         for session_id in sessions:
             await ws.send(json.dumps({"type": "subscribe", "session_id": session_id}))
