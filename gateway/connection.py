@@ -185,7 +185,8 @@ class Connection:
             except Lagged as lag:
                 self._subs.pop(session_id, None)
                 self._forget(sub)
-                self._stats.lagged += 1
+                if not sub.paged:  # a long replay's page ending is no client falling behind
+                    self._stats.lagged += 1
                 texts.append(frames.lagged(lag.session_id, lag.run_id, lag.last_seq))
                 continue
             if events:
