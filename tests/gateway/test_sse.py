@@ -161,8 +161,7 @@ async def test_a_long_replay_streams_page_after_page_without_ending(settings: Se
     paged = replace(settings, buffer_size=8, replay_page=5)
     async with serve(paged) as server, server.client() as client, server.http() as http:
         ack = await client.send_message(options={"chunks": 40, "delay_ms": 0})
-        await client.subscribe(ack["session_id"])
-        await client.events_until_complete(ack["run_id"])
+        await client.next_of("run_finished")
         url = f"/api/sessions/{ack['session_id']}/stream"
         params = {"run_id": ack["run_id"], "after_seq": 0}
         async with http.stream("GET", url, params=params) as response:
