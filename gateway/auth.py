@@ -24,7 +24,8 @@ class Authenticator:
 
     def __init__(self, tokens: Mapping[str, str], origins: Iterable[str] = ()) -> None:
         self._tokens = [(token.encode(), user) for token, user in tokens.items()]
-        self._origins = frozenset(_normalize_origin(o) for o in origins)
+        self.origins = frozenset(_normalize_origin(o) for o in origins)
+        """The allow-listed Origins, as browsers send them (lower case, no path)."""
 
     def user(self, conn: HTTPConnection) -> str | None:
         """The user the request's token belongs to, or ``None`` for no or a wrong token."""
@@ -58,7 +59,7 @@ class Authenticator:
         if origin is None:
             return True
         normalized = _normalize_origin(origin)
-        if normalized in self._origins:
+        if normalized in self.origins:
             return True
         host = conn.headers.get("host")
         return host is not None and urlsplit(normalized).netloc == host.lower()

@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_origin,
         default=[],
         metavar="URL",
-        help="a browser Origin allowed to open WebSockets besides the server's own host; "
-        "repeatable",
+        help="a browser Origin allowed to open WebSockets and call the HTTP API (CORS) "
+        "besides the server's own host; repeatable",
     )
     serve.add_argument(
         "--buffer-size",

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -43,6 +45,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 # The browser client and chat page; StaticFiles serves nothing outside this folder.
 STATIC = Path(__file__).resolve().parent / "static"
+# Every method the API's routes take, for CORS preflights.
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 DEFAULT_PAGE = 200
 MAX_PAGE = 1000
 # A kinds filter names at most this many kinds, each like an event kind.
@@ -180,7 +184,7 @@ class HttpApi:
         """Every route of the gateway, WebSocket included."""
         api = self._api
         session = "/api/sessions/{session_id}"
-        return [
+        routes: list[BaseRoute] = [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/", self.page, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
@@ -203,6 +207,19 @@ class HttpApi:
             api("/api/runs", GET=self.runs),
             WebSocketRoute("/ws", WebSocketEndpoint(self.gateway)),
         ]
+        # One mount around them all, so a mounted gateway brings its CORS along.
+        return [Mount("", routes=routes, middleware=[self._cors()])]
+
+    def _cors(self) -> Middleware:
+        """CORS for the allow-listed Origins: the page that may open the WebSocket may call
+        the HTTP API and open the SSE stream too (the server's own host needs none). Tokens
+        travel in a header or the query, never in cookies, so no credentials are allowed."""
+        return Middleware(
+            CORSMiddleware,
+            allow_origins=self.gateway.auth.origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=["authorization", "content-type", "last-event-id"],
+        )
 
     def _api(self, path: str, **handlers: Handler) -> Route:
         """One authenticated route per path, whatever its methods: a wrong method's 405

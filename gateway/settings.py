@@ -18,7 +18,8 @@ class Settings:
     provider: str = "echo"
     # token -> user. Empty means: no auth configured (the CLI then makes one for `local`).
     tokens: dict[str, str] = field(default_factory=dict)
-    # Browser Origins allowed on the WebSocket handshake, besides the server's own host.
+    # Browser Origins allowed on the WebSocket handshake and, by CORS, on the HTTP API,
+    # besides the server's own host.
     origins: tuple[str, ...] = ()
     buffer_size: int = 5000
     run_ttl: float = 300.0

@@ -45,9 +45,10 @@ def free_port() -> int:
 class Server:
     """`runwire serve` on a loopback port and a SQLite file; killable and restartable."""
 
-    def __init__(self, db: Path, log: Path) -> None:
+    def __init__(self, db: Path, log: Path, *extra: str) -> None:
         self.db = db
         self.log = log
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,6 +72,7 @@ class Server:
             str(self.db),
             "--shutdown-grace",
             "1",
+            *self.extra,
         ]
         for user, token in TOKENS.items():
             args += ["--token", f"{token}:{user}"]

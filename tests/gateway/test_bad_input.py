@@ -371,3 +371,28 @@ async def test_origin_allow_list(tmp_path: Path) -> None:
             async with connect(server.url(), origin=origin) as ws:
                 await ws.send(json.dumps({"type": "ping", "id": 1}))
                 assert json.loads(await ws.recv()) == {"type": "pong", "id": 1}
+
+
+async def test_the_origin_allow_list_is_the_http_apis_cors_policy(tmp_path: Path) -> None:
+    """What Chromium enforces in tests/e2e/test_cross_origin.py, header by header."""
+    settings_ = replace(make_settings(str(tmp_path / "db")), origins=("https://App.example/",))
+    async with serve(settings_) as server, server.http(None) as http:
+        preflight = {
+            "access-control-request-method": "PATCH",
+            "access-control-request-headers": "authorization, content-type",
+        }
+        path = "/api/sessions/s1"
+        allowed = await http.options(path, headers={"origin": "https://app.example", **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "PATCH" in allowed.headers["access-control-allow-methods"]
+        assert "access-control-allow-credentials" not in allowed.headers
+        foreign = await http.options(path, headers={"origin": "https://evil.example", **preflight})
+        assert foreign.status_code == 400
+        assert "access-control-allow-origin" not in foreign.headers
+        # Errors are readable too: the page can show why it was refused.
+        refused = await http.get("/api/sessions", headers={"origin": "https://app.example"})
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == "https://app.example"
+        hidden = await http.get("/api/sessions", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in hidden.headers
