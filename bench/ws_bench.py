@@ -437,10 +437,10 @@ async def paced_delay(
     events/s with ``subscribers`` connections following them, and the rate its trial
     reached.
 
-    The delay is a sleep between chunks (sleeps are rounded up to whole milliseconds by
-    the event loop, and each chunk costs time of its own), so it is found by trial: runs of
-    about ``trial`` seconds under the same load, scaled by measured over wanted rate until
-    within 5 %. The correction is a ratio, not a difference, so a machine that cannot reach
+    Echo keeps its chunks on a schedule ``delay_ms`` apart, so the first trial normally
+    reaches ``rate``. A loaded machine may not: runs of about ``trial`` seconds under the
+    same load, scaled by measured over wanted rate until within 5 %, find the delay that
+    does. The correction is a ratio, not a difference, so a machine that cannot reach
     ``rate`` ends with a small delay rather than none (a flood, which would measure
     queueing, not latency); trials stop once a shorter delay no longer raises the rate
     (the machine is saturated). The reported ``events_per_s`` tells what was reached.

@@ -48,7 +48,8 @@ class EchoOptions(NamedTuple):
     chunks: int = DEFAULT_CHUNKS
     """How many ``text_delta`` events."""
     delay_ms: float = DEFAULT_DELAY_MS
-    """Pause between two chunks; 0 still yields to the event loop (every ``BURST`` chunks)."""
+    """Time from one chunk to the next; 0 still yields to the event loop (every ``BURST``
+    chunks)."""
     chunk: str | None = None
     """The text of every chunk; by default the reply is the prompt, cut into ``chunks``."""
     tool: bool = False
@@ -133,12 +134,15 @@ class EchoProvider:
         # abort, and subscribers get events in batches, as from a provider whose output
         # arrives in bursts); with a delay, each chunk alone.
         size = 1 if delay > 0 else BURST
+        pacer: Pacer | None = None
         burst: Burst = []
         for start in range(0, count, size):
             if start:
                 yield burst
                 if delay > 0:
-                    await anyio.sleep(delay)
+                    if pacer is None:
+                        pacer = Pacer(delay, anyio.current_time())
+                    await anyio.sleep(pacer.wait(anyio.current_time()))
                 else:
                     await anyio.lowlevel.checkpoint()
             end = min(start + size, count)
@@ -173,6 +177,31 @@ class EchoProvider:
         while len(self._turns) > self.max_sessions:
             self._turns.popitem(last=False)
         return provider_session_id, turn
+
+
+class Pacer:
+    """When each step of a series ``interval`` seconds apart is due.
+
+    Sleeping *until* each step, rather than *for* the interval after the last one, keeps the
+    rate exact: the event loop rounds a sleep to its timer's resolution (1 ms) and the work
+    between sleeps takes time too, which would otherwise add up step after step.
+    """
+
+    def __init__(self, interval: float, start: float) -> None:
+        self.interval = interval
+        self._due = start
+
+    def wait(self, now: float) -> float:
+        """Seconds to sleep, from ``now``, until the next step is due (0 if it is past).
+
+        A step more than an interval late (a stalled loop, say) starts the schedule again
+        from ``now`` rather than making up for the missed steps in a burst.
+        """
+        due = self._due + self.interval
+        if now - due > self.interval:
+            due = now
+        self._due = due
+        return max(0.0, due - now)
 
 
 def _cut(text: str, parts: int) -> list[str]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from providers import EchoProvider, each_item
 from providers.base import Item
-from providers.echo import BURST, EchoFailure
+from providers.echo import BURST, EchoFailure, Pacer
 
 from .helpers import collect, kinds, of_kind, request
 
@@ -155,6 +155,51 @@ async def test_bursts_hold_the_chunks_in_order_with_the_tool_pair_before_the_mid
     # A pause between every chunk with a delay; else at most BURST chunks between two.
     for burst in bursts[1:]:
         assert [kind for kind, _ in burst].count("text_delta") <= (1 if delayed else BURST)
+
+
+@given(
+    interval=st.floats(0.001, 1.0),
+    lateness=st.lists(st.floats(0.0, 1.0), max_size=50),
+)
+def test_a_pacer_keeps_its_schedule_however_late_each_wake_up_is(
+    interval: float, lateness: list[float]
+) -> None:
+    """Woken up to an interval late (a timer's rounding, the work between steps), step k
+    is still due exactly k intervals after the start: nothing adds up."""
+    pacer = Pacer(interval, 100.0)
+    now = 100.0
+    for k, late in enumerate(lateness, start=1):
+        now += pacer.wait(now) + late * interval
+        assert now - late * interval == pytest.approx(100.0 + k * interval)
+
+
+def test_a_pacer_far_behind_starts_again_rather_than_bursting() -> None:
+    pacer = Pacer(0.01, 0.0)
+    assert pacer.wait(0.0) == pytest.approx(0.01)
+    # A stall of a second: the next step is now, and the one after a whole interval on,
+    # not the hundred missed steps at once.
+    assert pacer.wait(1.01) == 0.0
+    assert pacer.wait(1.01) == pytest.approx(0.01)
+
+
+async def test_chunks_come_delay_ms_apart_on_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sleep overshoots (as the event loop's do, by up to its 1 ms timer resolution):
+    50 chunks 4 ms apart still take 49 x 4 ms, not 49 x (4 ms + the overshoot)."""
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds + 0.0009
+
+    monkeypatch.setattr(anyio, "current_time", lambda: clock[0])
+    monkeypatch.setattr(anyio, "sleep", sleep)
+    times: list[float] = []
+    options = {"chunks": 50, "delay_ms": 4}
+    async with aclosing(EchoProvider().stream(request("x" * 50, options=options))) as stream:
+        async for _ in stream:
+            times.append(clock[0])
+    # session_created, then one chunk at a time (the last with text and complete).
+    assert len(times) == 51
+    assert times[-1] - times[1] == pytest.approx(49 * 0.004, abs=0.001)
 
 
 async def test_extra_complete_emits_two() -> None:
