@@ -10,7 +10,8 @@ bound what is measured. Prints one JSON object per line:
 ``{"name", "value", "unit", ...details}``. The throughput figures also give the CPU seconds
 the server and this client used while they were measured (``server_cpu_s``,
 ``client_cpu_s``): both share one machine, so a figure that falls short with the two adding
-up to every core was bound by the machine rather than by waiting.
+up to every core was bound by the machine rather than by waiting. The first line,
+``reference_loop_s``, times a plain Python loop: on a shared host the figures move with it.
 
     .venv/bin/python -m bench.ws_bench [--quick]
 """
@@ -543,6 +544,16 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     return {"value": round(elapsed, 3), "clients": clients, "events": events}
 
 
+def reference_loop_s() -> float:
+    """Seconds a plain 10M-iteration Python loop takes here now: how much of a core this
+    machine gives at the moment (work from other tenants of a shared host slows every
+    figure alike). Printed first, so each set of figures says what it ran on."""
+    started = time.perf_counter()
+    for _ in range(10_000_000):
+        pass
+    return time.perf_counter() - started
+
+
 def emit(name: str, unit: str, *, value: float, **details: Any) -> None:
     print(json.dumps({"name": name, "value": value, "unit": unit, **details}), flush=True)
 
@@ -550,6 +561,7 @@ def emit(name: str, unit: str, *, value: float, **details: Any) -> None:
 async def main(quick: bool) -> None:
     scale = 0.1 if quick else 1.0
     big = int(100_000 * scale)
+    emit("reference_loop_s", "s", value=round(reference_loop_s(), 3), iterations=10_000_000)
     with tempfile.TemporaryDirectory() as directory:
         async with run_server(directory) as server:
             result = await throughput([server], chunks=big, batch=True, subscribers=1)
