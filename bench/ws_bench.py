@@ -7,11 +7,12 @@ event of every run it follows exactly once and in order; the subscribers of one
 measurement read each distinct message once between them (the server sends them the same
 ones) and each checks it against its own position, so that this one process does not
 bound what is measured. Prints one JSON object per line:
-``{"name", "value", "unit", ...details}``. The throughput figures also give the CPU seconds
-the server and this client used while they were measured (``server_cpu_s``,
-``client_cpu_s``): both share one machine, so a figure that falls short with the two adding
-up to every core was bound by the machine rather than by waiting. The first line,
-``reference_loop_s``, times a plain Python loop: on a shared host the figures move with it.
+``{"name", "value", "unit", ...details}``. Each throughput figure is the median of three
+runs (``values`` lists all three) and gives the CPU seconds the server and this client used
+while it was measured (``server_cpu_s``, ``client_cpu_s``): both share one machine, so a
+figure that falls short with the two adding up to every core was bound by the machine
+rather than by waiting. The first line, ``reference_loop_s``, times a plain Python loop: on
+a shared host the figures move with it.
 
     .venv/bin/python -m bench.ws_bench [--quick]
 """
@@ -27,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -37,6 +38,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 TOKEN = "bench"
+# Runs of each throughput figure; the median is reported (see :func:`median_of`).
+RUNS = 3
 # The echo provider refuses replies longer than this.
 MAX_REPLY = 1_000_000
 
@@ -554,6 +557,15 @@ def reference_loop_s() -> float:
     return time.perf_counter() - started
 
 
+async def median_of(times: int, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """The middle one of ``times`` measurements, with every value in measured order in
+    ``values``: on a shared host, a single run can fall on a moment when another tenant
+    takes the cores."""
+    results = [await measure() for _ in range(times)]
+    middle = sorted(results, key=lambda result: float(result["value"]))[times // 2]
+    return {**middle, "values": [result["value"] for result in results]}
+
+
 def emit(name: str, unit: str, *, value: float, **details: Any) -> None:
     print(json.dumps({"name": name, "value": value, "unit": unit, **details}), flush=True)
 
@@ -564,13 +576,19 @@ async def main(quick: bool) -> None:
     emit("reference_loop_s", "s", value=round(reference_loop_s(), 3), iterations=10_000_000)
     with tempfile.TemporaryDirectory() as directory:
         async with run_server(directory) as server:
-            result = await throughput([server], chunks=big, batch=True, subscribers=1)
+            result = await median_of(
+                RUNS, lambda: throughput([server], chunks=big, batch=True, subscribers=1)
+            )
             emit(
                 "ws_events_per_s_1_sub_batched", "events/s", target=">=200000", batch=True, **result
             )
-            result = await throughput([server], chunks=big, batch=False, subscribers=1)
+            result = await median_of(
+                RUNS, lambda: throughput([server], chunks=big, batch=False, subscribers=1)
+            )
             emit("ws_events_per_s_1_sub", "events/s", target=">=40000", batch=False, **result)
-            result = await throughput([server], chunks=big // 4, batch=True, subscribers=100)
+            result = await median_of(
+                RUNS, lambda: throughput([server], chunks=big // 4, batch=True, subscribers=100)
+            )
             emit(
                 "ws_fanout_100_subs_events_per_s",
                 "events/s",

@@ -17,6 +17,7 @@ from bench.ws_bench import (
     Stretches,
     Subscriber,
     cpu_seconds,
+    median_of,
     servers_cpu_seconds,
     stat_cpu_seconds,
 )
@@ -116,3 +117,13 @@ def test_cpu_time_of_a_process_agrees_with_its_own_clock() -> None:
 def test_cpu_time_is_none_where_it_cannot_be_read() -> None:
     assert cpu_seconds(-1) is None
     assert servers_cpu_seconds([Server(None, 1)]) is None
+
+
+async def test_median_of_reports_the_middle_run_and_every_value() -> None:
+    values = iter([5, 1, 9])
+
+    async def measure() -> dict[str, Any]:
+        value = next(values)
+        return {"value": value, "seconds": value * 10}
+
+    assert await median_of(3, measure) == {"value": 5, "seconds": 50, "values": [5, 1, 9]}
