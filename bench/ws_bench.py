@@ -11,8 +11,7 @@ bound what is measured. Prints one JSON object per line:
 runs (``values`` lists all three) and gives the CPU seconds the server and this client used
 while it was measured (``server_cpu_s``, ``client_cpu_s``): both share one machine, so a
 figure that falls short with the two adding up to every core was bound by the machine
-rather than by waiting. The first line, ``reference_loop_s``, times a plain Python loop: on
-a shared host the figures move with it.
+rather than by waiting.
 
     .venv/bin/python -m bench.ws_bench [--quick]
 """
@@ -547,16 +546,6 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     return {"value": round(elapsed, 3), "clients": clients, "events": events}
 
 
-def reference_loop_s() -> float:
-    """Seconds a plain 10M-iteration Python loop takes here now: how much of a core this
-    machine gives at the moment (work from other tenants of a shared host slows every
-    figure alike). Printed first, so each set of figures says what it ran on."""
-    started = time.perf_counter()
-    for _ in range(10_000_000):
-        pass
-    return time.perf_counter() - started
-
-
 async def median_of(times: int, measure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     """The middle one of ``times`` measurements, with every value in measured order in
     ``values``: on a shared host, a single run can fall on a moment when another tenant
@@ -573,7 +562,6 @@ def emit(name: str, unit: str, *, value: float, **details: Any) -> None:
 async def main(quick: bool) -> None:
     scale = 0.1 if quick else 1.0
     big = int(100_000 * scale)
-    emit("reference_loop_s", "s", value=round(reference_loop_s(), 3), iterations=10_000_000)
     with tempfile.TemporaryDirectory() as directory:
         async with run_server(directory) as server:
             result = await median_of(
