@@ -62,6 +62,33 @@ async ({base, token}) => {
 }
 """
 
+# The same with runwire.js, imported from the server as docs/client.md shows: its default
+# endpoint is the server the module came from.
+USE_THE_CLIENT = """
+async ({base, token}) => {
+  const { RunwireClient } = await import(`${base}/static/runwire.js`);
+  const seen = [];
+  let finished;
+  const done = new Promise((resolve) => { finished = resolve; });
+  const client = new RunwireClient({
+    token,
+    onEvent: (event) => {
+      seen.push(event.seq);
+      if (event.kind === "complete") finished();
+    },
+  });
+  client.connect();
+  const session = await client.http("/api/sessions", {method: "POST", body: {title: "t"}});
+  const id = session.session_id;
+  await client.subscribe(id, {after_seq: 0});
+  const ack = await client.send({session_id: id, content: "hi", options: {chunks: 5, delay_ms: 0}});
+  await done;
+  const { events } = await client.history(id);
+  client.close();
+  return {ack: ack.status, seen, stored: events.map((event) => event.seq)};
+}
+"""
+
 # The same first call, from a page whose origin is not allow-listed.
 TRY_THE_API = """
 async ({base, token}) => {
@@ -148,6 +175,15 @@ def test_an_allow_listed_origin_uses_the_http_api_sse_and_websocket(
         "gone": 404,
         "code": "SESSION_NOT_FOUND",
     }
+
+
+def test_an_allow_listed_origin_runs_runwire_js_from_the_server(
+    context: Any, server: Server, ui_port: int
+) -> None:
+    page = page_at(context, f"http://localhost:{ui_port}")
+    seen = page.evaluate(USE_THE_CLIENT, {"base": server.base, "token": TOKENS["alice"]})
+    every = list(range(1, 9))  # user_message, 5 chunks, text, complete
+    assert seen == {"ack": "started", "seen": every, "stored": every}
 
 
 def test_any_other_origin_is_stopped_by_the_browser(
