@@ -16,7 +16,7 @@ from playwright.sync_api import Page
 from .harness import TOKENS, Server
 
 # Everything a sidebar-and-transcript UI does, from its own origin: create, rename, a run
-# over the WebSocket followed over SSE, unread, delete. Returns what it saw.
+# over the WebSocket followed over SSE, the runs list, delete. Returns what it saw.
 USE_THE_API = """
 async ({base, token}) => {
   const headers = {Authorization: `Bearer ${token}`, "Content-Type": "application/json"};
