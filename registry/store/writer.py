@@ -5,7 +5,8 @@ in-memory queue and return; one writer task takes the queue in batches and commi
 batch in one transaction. A batch is written when ``batch_size`` operations are queued,
 when its oldest operation has waited ``flush_delay``, or at once when someone waits for it
 (a completed run, ``flush()``, a session change). A writer that fell behind takes up to
-eight batches' worth in one commit, so a backlog drains faster than it built up.
+``max_batch`` operations in one commit (by default eight batches' worth), so a backlog
+drains faster than it built up.
 
 Operations keep their order: a batch writes its new runs, then its events, then provider
 ids and run endings, all in one transaction, so a run row is always there before its
@@ -299,6 +300,7 @@ class Writer:
         *,
         flush_delay: float,
         batch_size: int,
+        max_batch: int | None = None,
         impatient: bool = False,
     ) -> None:
         self._backend = backend
@@ -308,7 +310,7 @@ class Writer:
         self._impatient_calls = impatient
         # A writer that fell behind takes more at once: one commit for several batches'
         # worth is much cheaper than several (each commit rewrites every page it touched).
-        self._max_batch = batch_size * 8
+        self._max_batch = batch_size * 8 if max_batch is None else max_batch
         self.stats = StoreStats(self)
         self._queue: list[Op] = []
         # Calls and barriers in the queue: when none, a batch needs no scan for them.
