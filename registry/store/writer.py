@@ -309,7 +309,8 @@ class Writer:
         self._batch_size = batch_size
         self._impatient_calls = impatient
         # A writer that fell behind takes more at once: one commit for several batches'
-        # worth is much cheaper than several (each commit rewrites every page it touched).
+        # worth saves a commit's round trip each (PostgreSQL). SQLite's commits are cheap
+        # and its runs wait for them, so it passes a smaller bound (see SQLiteStore.open).
         self._max_batch = batch_size * 8 if max_batch is None else max_batch
         self.stats = StoreStats(self)
         self._queue: list[Op] = []
