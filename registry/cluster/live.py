@@ -107,7 +107,7 @@ class Live:
         try:
             await pubsub.subscribe(*channels)
         except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             raise
         self._pubsub = pubsub
         self._connected.set()
@@ -122,7 +122,7 @@ class Live:
             self._pubsub = None
             self._connected = anyio.Event()
         with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _read(self, pubsub: redis.client.PubSub) -> None:
         while True:
