@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from registry import Position, RegistryError, UnknownRun
-from registry.store import ForkPoint
+from registry.store import ForkPoint, SessionCursor
 
 from . import frames
 from .errors import GatewayError, invalid
@@ -151,6 +151,27 @@ def query_id(request: Request, name: str) -> str | None:
     """An id query parameter (``None`` when absent or empty); see :func:`frames.checked_id`."""
     raw = request.query_params.get(name)
     return frames.checked_id(name, raw) if raw else None
+
+
+def query_cursor(request: Request) -> SessionCursor | None:
+    """``?after=``: where an earlier page of sessions ended, as its ``next`` gave it."""
+    raw = request.query_params.get("after")
+    if not raw:
+        return None
+    updated, _, rest = raw.partition(".")
+    created, _, session_id = rest.partition(".")
+    if not (updated.isdigit() and created.isdigit() and session_id):
+        raise invalid("after", "expected the next value of an earlier page")
+    if max(int(updated), int(created)) > frames.MAX_INT:
+        raise invalid("after", "expected the next value of an earlier page")
+    return SessionCursor(int(updated), int(created), frames.checked_id("after", session_id))
+
+
+def cursor_text(cursor: SessionCursor | None) -> str | None:
+    """A page's end as a ``next`` value: opaque to clients, read back by :func:`query_cursor`."""
+    if cursor is None:
+        return None
+    return f"{cursor.updated_at}.{cursor.created_at}.{cursor.session_id}"
 
 
 def query_kinds(request: Request) -> frozenset[str] | None:
@@ -294,8 +315,13 @@ class HttpApi:
         return JSONResponse(await service.session_json(record), status_code=201)
 
     async def list_sessions(self, request: Request, user: str) -> Response:
-        service = self.gateway.service
-        return JSONResponse({"sessions": await service.sessions_json(user)})
+        after = query_cursor(request)
+        # No limit: every session, as before pages existed.
+        limit = query_int(request, "limit", 0, minimum=1, maximum=MAX_PAGE) or None
+        sessions, following = await self.gateway.service.sessions_json(
+            user, after=after, limit=limit
+        )
+        return JSONResponse({"sessions": sessions, "next": cursor_text(following)})
 
     async def get_session(self, request: Request, user: str) -> Response:
         service = self.gateway.service

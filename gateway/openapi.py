@@ -348,16 +348,37 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             },
             "get": {
                 "summary": "The caller's sessions, newest activity first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "At most this many sessions (default: all of them)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The next value of the page before",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["sessions"],
-                            "properties": {"sessions": {"type": "array", "items": session}},
+                            "required": ["sessions", "next"],
+                            "properties": {
+                                "sessions": {"type": "array", "items": session},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "Pass as after for the next page; null "
+                                    "when there is no more (always null without a limit).",
+                                },
+                            },
                         },
                         "Sessions",
                     ),
-                    **_errors(),
+                    **_errors(400),
                 },
             },
         },

@@ -22,7 +22,7 @@ from registry import (
     Subscription,
 )
 from registry.clock import to_ms
-from registry.store import BadForkPoint, ForkPoint, SessionRecord, Store
+from registry.store import BadForkPoint, ForkPoint, SessionCursor, SessionRecord, Store
 
 from .context import RECENT, build_context, fork_summary
 from .errors import GatewayError, invalid, not_found
@@ -89,11 +89,20 @@ class Service:
         running = await self.registry.running_run_id(record.session_id)
         return _session_json(record, running)
 
-    async def sessions_json(self, user: str) -> list[dict[str, Any]]:
-        """The user's sessions as the HTTP API lists them, newest activity first."""
-        records = await self.store.list_sessions(owner=user)
+    async def sessions_json(
+        self, user: str, *, after: SessionCursor | None = None, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], SessionCursor | None]:
+        """The user's sessions as the HTTP API lists them, newest activity first, from past
+        ``after``, ``limit`` at most; and where the next page starts (``None``: no more)."""
+        records = await self.store.list_sessions(
+            owner=user, after=after, limit=None if limit is None else limit + 1
+        )
+        following = None
+        if limit is not None and len(records) > limit:
+            del records[limit:]
+            following = SessionCursor.of(records[-1])
         running = {r.session_id: r.run_id for r in await self.registry.list_runs(owner=user)}
-        return [_session_json(r, running.get(r.session_id)) for r in records]
+        return [_session_json(r, running.get(r.session_id)) for r in records], following
 
     async def create_session(
         self, user: str, *, provider: str | None = None, title: str | None = None

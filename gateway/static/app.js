@@ -7,6 +7,9 @@ import { RunwireClient } from "./runwire.js";
 
 const TOKEN_KEY = "runwire.token";
 const NOTICE_MS = 12000;
+// Sessions the sidebar reads at a time; older ones come with "Show older sessions".
+const SESSIONS_PAGE = 50;
+const MAX_PAGE = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -338,6 +341,7 @@ class App {
   constructor(token) {
     this.token = token;
     this.sessions = new Map(); // session_id -> session record
+    this.sessionsNext = null; // where the next page of older sessions starts
     this.current = null; // open session id, or null for a new-session draft
     this.transcript = new Transcript($("transcript"));
     this.openGen = 0;
@@ -437,14 +441,39 @@ class App {
 
   // Sessions ------------------------------------------------------------------------------
 
+  /** The newest sessions, as many as the sidebar shows already (at least a page). */
   async loadSessions() {
-    const data = await this.client.http("/api/sessions");
-    const list = Array.isArray(data) ? data : (data?.sessions ?? []);
-    this.sessions = new Map(list.map((s) => [s.session_id, s]));
+    const limit = Math.min(MAX_PAGE, Math.max(SESSIONS_PAGE, this.sessions.size));
+    const data = await this.client.http(`/api/sessions?limit=${limit}`);
     const open = this.sessions.get(this.current);
-    if (open) open.has_unread = false; // this page is reading it
+    this.sessions = new Map((data?.sessions ?? []).map((s) => [s.session_id, s]));
+    this.sessionsNext = data?.next ?? null;
+    // The open session stays listed even when it is older than the page.
+    if (open && !this.sessions.has(open.session_id)) this.sessions.set(open.session_id, open);
+    const current = this.sessions.get(this.current);
+    if (current) current.has_unread = false; // this page is reading it
     this.renderSessions();
     this.renderHeader();
+  }
+
+  async loadOlderSessions() {
+    if (!this.sessionsNext) return;
+    const after = encodeURIComponent(this.sessionsNext);
+    const data = await this.client.http(`/api/sessions?limit=${SESSIONS_PAGE}&after=${after}`);
+    for (const s of data?.sessions ?? []) {
+      if (!this.sessions.has(s.session_id)) this.sessions.set(s.session_id, s);
+    }
+    this.sessionsNext = data?.next ?? null;
+    this.renderSessions();
+  }
+
+  /** One session the sidebar has not read (older than its pages, or new elsewhere). */
+  async loadSession(id) {
+    try {
+      this.upsert(await this.client.http(`/api/sessions/${encodeURIComponent(id)}`));
+    } catch (err) {
+      if (err.status !== 404) this.notice(err); // a deleted one is not listed anyway
+    }
   }
 
   async loadProviders() {
@@ -477,7 +506,13 @@ class App {
     );
     // A live update must not close the actions menu the user has open.
     const menuOpen = $("sessions").querySelector("details.actions[open]")?.closest(".session")?.dataset.id;
-    $("sessions").replaceChildren(...list.map((s) => this.sessionItem(s)));
+    const items = list.map((s) => this.sessionItem(s));
+    if (this.sessionsNext) {
+      const more = el("button", { type: "button", class: "more", text: "Show older sessions" });
+      more.addEventListener("click", () => this.loadOlderSessions().catch((err) => this.notice(err)));
+      items.push(el("li", { class: "older" }, more));
+    }
+    $("sessions").replaceChildren(...items);
     if (menuOpen) {
       const item = [...$("sessions").children].find((li) => li.dataset.id === menuOpen);
       if (item) item.querySelector("details.actions").open = true;
@@ -580,7 +615,7 @@ class App {
   onRunStarted(run) {
     const s = this.sessions.get(run.session_id);
     if (!s) {
-      this.loadSessions().catch((err) => this.notice(err)); // created elsewhere (another tab)
+      this.loadSession(run.session_id); // created elsewhere (another tab), or not read yet
     } else {
       this.upsert({
         session_id: run.session_id,
@@ -624,6 +659,7 @@ class App {
     if (this.current && this.current !== id) this.client.unsubscribe(this.current);
     this.current = id;
     this.setHash(id);
+    if (!this.sessions.has(id)) this.loadSession(id); // older than the sidebar's pages
     this.setRunning(null);
     this.transcript = new Transcript($("transcript"));
     this.transcript.placeholder("Loading history\u2026");

@@ -16,7 +16,7 @@ from .base import Store
 from .digest import Digest, RunFacts, ToolResult
 from .errors import StoreError
 from .fork import BadForkPoint, ForkPoint
-from .records import SESSION_STATUSES, SessionRecord, SessionStatus, StoreStats
+from .records import SESSION_STATUSES, SessionCursor, SessionRecord, SessionStatus, StoreStats
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .sqlite import DEFAULT_PATH, SQLiteStore
 
@@ -31,6 +31,7 @@ __all__ = [
     "PostgresStore",
     "RunFacts",
     "SQLiteStore",
+    "SessionCursor",
     "SessionRecord",
     "SessionStatus",
     "Store",

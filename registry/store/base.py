@@ -16,7 +16,7 @@ from ..events import Event, ForkOrigin, Position, RunSummary, Turn
 from ..hooks import Persistence
 from .digest import Digest
 from .fork import ForkPoint
-from .records import SessionRecord, StoreStats
+from .records import SessionCursor, SessionRecord, StoreStats
 
 
 class Store(Persistence, Protocol):
@@ -112,8 +112,11 @@ class Store(Persistence, Protocol):
         """The session, or ``None`` when it does not exist or belongs to someone else."""
         ...
 
-    async def list_sessions(self, *, owner: str) -> list[SessionRecord]:
-        """The owner's sessions, most recent activity first."""
+    async def list_sessions(
+        self, *, owner: str, after: SessionCursor | None = None, limit: int | None = None
+    ) -> list[SessionRecord]:
+        """The owner's sessions, most recent activity first: those past ``after`` (where an
+        earlier page ended), ``limit`` at most (``None``: all)."""
         ...
 
     async def update_session(

@@ -29,6 +29,7 @@ from .errors import StoreError
 from .fork import ForkPoint, ForkRequest, write_fork
 from .records import (
     SESSION_STATUSES,
+    SessionCursor,
     SessionRecord,
     StoreStats,
     check_owner,
@@ -550,16 +551,37 @@ class LogStore(ABC):
         )
         return session_record(rows[0]) if rows else None
 
-    async def list_sessions(self, *, owner: str) -> list[SessionRecord]:
-        """The owner's sessions, most recent activity first."""
+    async def list_sessions(
+        self, *, owner: str, after: SessionCursor | None = None, limit: int | None = None
+    ) -> list[SessionRecord]:
+        """The owner's sessions, most recent activity first: those past ``after`` (where an
+        earlier page ended), ``limit`` at most (``None``: all).
+
+        Pages follow the sort key, not positions, so a session created or deleted meanwhile
+        shifts nothing. A session with activity after ``after`` was read moves ahead of it
+        and is not listed again: the pushed ``run_started`` says so instead.
+        """
         check_owner(owner)
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         await self._settle()
+        params: dict[str, Any] = {"owner": owner}
+        past = ""
+        if after is not None:
+            past = """
+                AND (s.updated_at < :updated OR (s.updated_at = :updated
+                    AND (s.created_at < :created OR (s.created_at = :created
+                        AND s.session_id > :session))))
+            """
+            params.update(updated=after.updated_at, created=after.created_at)
+            params["session"] = after.session_id
         rows = await self._fetch(
             f"""
-            SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.owner = :owner
+            SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.owner = :owner {past}
             ORDER BY s.updated_at DESC, s.created_at DESC, s.session_id
+            {"" if limit is None else "LIMIT :limit"}
             """,
-            {"owner": owner},
+            params if limit is None else {**params, "limit": limit},
         )
         return [session_record(row) for row in rows]
 

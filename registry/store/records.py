@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import msgspec
 
@@ -34,6 +34,19 @@ class SessionRecord(msgspec.Struct, omit_defaults=False):
     # Where the session was forked from: {session_id, run_id, seq} (run_id and seq are
     # null when the fork copied nothing), or None.
     forked_from: dict[str, Any] | None = None
+
+
+class SessionCursor(NamedTuple):
+    """Where a page of a listing of sessions ended: its last session's sort key (the order is
+    newest activity first, then newest created, then by id)."""
+
+    updated_at: int
+    created_at: int
+    session_id: str
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionCursor:
+        return cls(record.updated_at, record.created_at, record.session_id)
 
 
 class StoreStats:

@@ -114,10 +114,11 @@ class Server:
             self.proc.wait(timeout=5)
         self.proc = None
 
-    def api(self, path: str, user: str = "alice") -> Any:
-        request = urllib.request.Request(
-            self.base + path, headers={"Authorization": f"Bearer {TOKENS[user]}"}
-        )
+    def api(self, path: str, user: str = "alice", body: dict[str, Any] | None = None) -> Any:
+        """GET ``path`` as ``user``, or POST ``body`` to it."""
+        headers = {"Authorization": f"Bearer {TOKENS[user]}", "Content-Type": "application/json"}
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers=headers)
         with urllib.request.urlopen(request, timeout=5) as r:
             return json.loads(r.read())
 

@@ -295,6 +295,27 @@ def test_sidebar_unread_rename_archive_delete(context: Any, server: Server, tmp_
     expect(page.locator(".session .title")).to_have_text(["second session"])
 
 
+def test_the_sidebar_reads_sessions_a_page_at_a_time(context: Any, server: Server) -> None:
+    titles = [f"session {i:02d}" for i in range(60)]
+    made = [server.api("/api/sessions", body={"title": t})["session_id"] for t in titles]
+    newest_first = titles[::-1]
+    page = open_page(context, server)
+    older = page.get_by_role("button", name="Show older sessions")
+    expect(page.locator(".session .title")).to_have_text(newest_first[:50])
+    older.click()
+    expect(page.locator(".session .title")).to_have_text(newest_first)
+    expect(older).to_have_count(0)
+
+    # The oldest session by URL, on a fresh page that read only the first 50: it is listed
+    # and named, and the next page does not list it twice.
+    page.goto(server.page_url("alice", f"#s/{made[0]}"))
+    expect(page.locator("#session-title")).to_have_text("session 00")
+    expect(page.locator(".session .title")).to_have_text([*newest_first[:50], "session 00"])
+    expect(older).to_be_visible()
+    older.click()
+    expect(page.locator(".session .title")).to_have_text(newest_first)
+
+
 def test_fork_mid_history_opens_the_new_session_with_its_context(
     context: Any, server: Server, tmp_path: Path
 ) -> None:

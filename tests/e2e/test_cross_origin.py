@@ -193,4 +193,4 @@ def test_any_other_origin_is_stopped_by_the_browser(
     results = page.evaluate(TRY_THE_API, {"base": server.base, "token": TOKENS["alice"]})
     assert results == {"create": "TypeError", "list": "TypeError"}
     # Refused at the preflight: nothing was created.
-    assert server.api("/api/sessions") == {"sessions": []}
+    assert server.api("/api/sessions") == {"sessions": [], "next": None}

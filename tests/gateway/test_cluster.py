@@ -569,7 +569,7 @@ async def test_every_process_lists_the_running_run_to_its_owner_only(shared: Tri
             async with shared.client(index, "bob") as bob, shared.http(index, "bob") as http:
                 assert await ws_runs(bob, "all") == []
                 assert await http_runs(shared, index, "all", "bob") == []
-                assert (await http.get("/api/sessions")).json() == {"sessions": []}
+                assert (await http.get("/api/sessions")).json() == {"sessions": [], "next": None}
                 for frame in (
                     {"type": "subscribe"},
                     {"type": "subscribe", "run_id": run_id, "after_seq": 1},

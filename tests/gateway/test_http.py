@@ -55,6 +55,46 @@ async def test_session_crud(server: Served) -> None:
         assert (await http.delete(f"/api/sessions/{sid}")).status_code == 404
 
 
+async def test_sessions_are_listed_in_pages_when_a_limit_is_given(server: Served) -> None:
+    async with server.http() as http, server.http("bob") as bob:
+        made = [(await http.post("/api/sessions")).json()["session_id"] for _ in range(5)]
+        await bob.post("/api/sessions")
+        whole = (await http.get("/api/sessions")).json()
+        assert whole["next"] is None
+        assert sorted(s["session_id"] for s in whole["sessions"]) == sorted(made)
+        listed, after = [], None
+        while True:
+            params = {"limit": 2} if after is None else {"limit": 2, "after": after}
+            page = (await http.get("/api/sessions", params=params)).json()
+            listed += page["sessions"]
+            after = page["next"]
+            if after is None:
+                break
+            assert len(page["sessions"]) == 2
+        assert listed == whole["sessions"]
+        # Past the last of a full page there is nothing: that page said so with next null.
+        last = (await http.get("/api/sessions", params={"limit": 5})).json()
+        assert (len(last["sessions"]), last["next"]) == (5, None)
+        # Another user following alice's cursor sees only their own sessions.
+        first = (await http.get("/api/sessions", params={"limit": 1})).json()
+        theirs = (await bob.get("/api/sessions", params={"after": first["next"]})).json()
+        assert all(s["session_id"] not in made for s in theirs["sessions"])
+        for params in (
+            {"limit": 0},
+            {"limit": "x"},
+            {"limit": 1001},
+            {"after": "nope"},
+            {"after": "1.2."},
+            {"after": "-1.2.s_x"},
+            {"after": f"{2**64}.1.s_x"},
+            {"after": "1.2." + "x" * (MAX_ID + 1)},
+        ):
+            response = await http.get("/api/sessions", params=params)
+            assert response.status_code == 400, params
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("INVALID_FIELD", next(iter(params)))
+
+
 async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
     async with server.http() as http:
         cases = [

@@ -69,7 +69,7 @@ async def test_http_on_another_users_session_is_404(server: Served) -> None:
             assert error["message"].replace(theirs, "x") == missing.json()["error"][
                 "message"
             ].replace(MISSING, "x")
-        assert (await bob.get("/api/sessions")).json() == {"sessions": []}
+        assert (await bob.get("/api/sessions")).json() == {"sessions": [], "next": None}
         assert (await bob.get("/api/runs", params={"status": "all"})).json() == {"runs": []}
         session = (await mine.get(f"/api/sessions/{theirs}")).json()
         assert (session["status"], session["running_run_id"]) == ("active", ack["run_id"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry import ManualClock, MemoryRegistry, Position, Turn
 from registry.errors import UnknownRun
-from registry.store import SessionRecord, Store, StoreError
+from registry.store import SessionCursor, SessionRecord, Store, StoreError
 
 from .conftest import Backend
 
@@ -80,6 +84,75 @@ async def test_list_by_latest_activity_with_unread_and_running_run(
     assert listed[0].has_unread
     assert not listed[1].has_unread
     assert await store.list_sessions(owner="nobody") == []
+
+
+OWNERS = itertools.count()
+
+
+async def pages(store: Store, owner: str, limit: int) -> list[list[str]]:
+    """Every page of the owner's sessions, ``limit`` at most each, following each page's end."""
+    listed: list[list[str]] = []
+    after = None
+    while page := await store.list_sessions(owner=owner, after=after, limit=limit):
+        assert len(page) <= limit
+        listed.append([s.session_id for s in page])
+        after = SessionCursor.of(page[-1])
+    return listed
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    # Per session: ms after the one before (0: the same created_at), and whether a run
+    # then ends in it (so updated_at moves past created_at, and ties on it too).
+    plan=st.lists(st.tuples(st.sampled_from([0, 0, 1, 2]), st.booleans()), max_size=12),
+    limit=st.integers(1, 13),
+)
+async def test_pages_of_sessions_are_the_whole_list_cut_up(
+    backend: Backend, plan: list[tuple[int, bool]], limit: int
+) -> None:
+    # Each example lists an owner of its own, on a store of its own, in the test's database.
+    owner = f"u{next(OWNERS)}"
+    clock = ManualClock()
+    async with await backend.open(clock=clock) as store:
+        registry = MemoryRegistry(store=store, clock=clock)
+        for index, (gap, ran) in enumerate(plan):
+            clock.advance(gap / 1000)
+            sid = (await store.create_session(owner=owner, provider="echo")).session_id
+            if ran and index % 2:
+                await registry.start(sid, owner=owner, content="q")
+                registry.publish(sid, "complete", {"reason": "done"})
+        await store.create_session(owner=f"{owner}-other", provider="echo")
+        whole = [s.session_id for s in await store.list_sessions(owner=owner)]
+        assert len(whole) == len(plan)
+        listed = await pages(store, owner, limit)
+        assert list(itertools.chain.from_iterable(listed)) == whole
+        assert all(len(page) == limit for page in listed[:-1])
+
+
+async def test_a_page_of_sessions_is_not_shifted_by_changes_meanwhile(
+    store: Store, clock: ManualClock
+) -> None:
+    registry = MemoryRegistry(store=store, clock=clock)
+    made = []
+    for _ in range(5):
+        clock.advance(1)
+        made.append((await store.create_session(owner="ann", provider="echo")).session_id)
+    newest_first = made[::-1]
+    first = await store.list_sessions(owner="ann", limit=2)
+    assert [s.session_id for s in first] == newest_first[:2]
+    # Meanwhile: a new session, a deleted one past the page, activity in a listed one.
+    clock.advance(1)
+    await store.create_session(owner="ann", provider="echo")
+    assert await store.delete_session(newest_first[3], owner="ann")
+    await registry.start(newest_first[1], owner="ann", content="q")
+    rest = await store.list_sessions(owner="ann", after=SessionCursor.of(first[-1]))
+    assert [s.session_id for s in rest] == [newest_first[2], newest_first[4]]
+    # Someone else's cursor position lists only the caller's own sessions.
+    assert await store.list_sessions(owner="bob", after=SessionCursor.of(first[-1])) == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_sessions(owner="ann", limit=0)
 
 
 async def test_handoff_notes_are_stored_replaced_and_owner_checked(
