@@ -53,6 +53,12 @@ class RateLimiter:
         self._buckets[user] = (tokens - 1.0, now)
         return True
 
+    def refund(self, user: str) -> None:
+        """Give back the token of a send that turned out to cost nothing (a duplicate)."""
+        bucket = self._buckets.get(user)
+        if bucket is not None:
+            self._buckets[user] = (min(self._burst, bucket[0] + 1.0), bucket[1])
+
 
 class Service:
     """What a client can do, whichever face it uses."""
@@ -230,6 +236,9 @@ class Service:
             # Acknowledge only what a crash cannot lose: the run and its user_message are
             # committed first, so a client told `started` never finds the run missing.
             await self.store.flush()
+        elif result.status == "duplicate":
+            # A retry (after a reconnect, say) of a send that already went through.
+            self.limiter.refund(user)
         return result
 
     async def abort(self, user: str, session_id: str, *, clear_queue: bool = False) -> RunSummary:

@@ -300,7 +300,16 @@ async def test_send_rate_limit(tmp_path: Path) -> None:
         limited = await client.send_message(options={"chunks": 0})
         assert limited["code"] == "RATE_LIMITED"
         async with server.client("bob") as bob:  # Per user.
+            first = await bob.send_message(options={"chunks": 0}, client_msg_id="m1")
+            assert first["type"] == "ack"
+            # Retries of a send that went through cost nothing: bob's second token is left.
+            for _ in range(3):
+                again = await bob.send_message(
+                    session_id=first["session_id"], options={"chunks": 0}, client_msg_id="m1"
+                )
+                assert (again["status"], again["run_id"]) == ("duplicate", first["run_id"])
             assert (await bob.send_message(options={"chunks": 0}))["type"] == "ack"
+            assert (await bob.send_message(options={"chunks": 0}))["code"] == "RATE_LIMITED"
 
 
 async def test_unknown_provider_and_bad_options(server: Served) -> None:
