@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.chaos import UNLIMITED_SENDS, ServerProcess, history
+from registry.memory import REPLAY_PAGE
 from tests.servers import Databases
 
 from .helpers import WAIT, Client, assert_run_stream
@@ -408,6 +409,34 @@ async def test_random_hops_between_processes_lose_and_repeat_nothing(
     events = await hop(shared, Received(session_id), run_id, route)
     assert_run_stream(events, run_id)
     assert len(events) == 153
+
+
+async def test_a_replay_longer_than_a_page_comes_in_pages_from_another_process(
+    shared: Trio,
+) -> None:
+    """A run of two and a bit replay pages, written by A and long gone from the buffers:
+    from seq 0 on B it comes a page at a time, each ending in ``lagged`` at its last
+    event, and resubscribing from there gets the rest, every event once."""
+    chunks = 2 * REPLAY_PAGE + 500
+    session_id = await shared.new_session(A)
+    async with shared.client(A) as a:
+        await a.send_message(session_id, options={"chunks": chunks, "delay_ms": 0})
+        finished = await push(a, "run_finished", session_id)
+    run_id = finished["run"]["run_id"]
+    received = Received(session_id)
+    replayed = []
+    async with shared.client(B) as b:
+        replayed.append((await subscribe(b, received))["replayed"])
+        while not received.completed(run_id):
+            frame = await b.next_of("event", "lagged")
+            if frame["type"] == "event":
+                received.add(frame)
+                continue
+            assert (frame["run_id"], frame["last_seq"]) == (run_id, received.count(run_id))
+            replayed.append((await subscribe(b, received))["replayed"])
+    assert_run_stream(received.runs[run_id], run_id)
+    assert len(received.runs[run_id]) == chunks + 3
+    assert replayed == [REPLAY_PAGE, REPLAY_PAGE, chunks + 3 - 2 * REPLAY_PAGE]
 
 
 # 2. Abort --------------------------------------------------------------------------------
