@@ -765,7 +765,8 @@ class MemoryRegistry:
             sub.info = self._info(state, sub, recovered=False, first_available=before)
             return sub
         read = self._store.read_history
-        page = self.replay_page
+        # One past the page: whether the log goes on after it.
+        page = self.replay_page + 1
         try:
             if run_id is None:
                 # The latest run is the one in memory when there is one: the store's newest
@@ -787,10 +788,13 @@ class MemoryRegistry:
             raise UnknownRun(state.session_id, run_id or "")
         read_count = len(events)
         events = self._unseen(state, sub, events)
-        # A full page that memory does not continue: the log may hold more. Delivery then
-        # ends after the page with ``lagged``, and subscribing again from there reads the
-        # next one, so a replay holds at most a page in memory however long the history.
+        # The log goes on past a page, and memory does not continue it: delivery ends after
+        # the page with ``lagged``, and subscribing again from there reads the next one, so
+        # a replay holds at most a page in memory however long the history. (Where memory
+        # does continue it, it left at most a page of the read.)
         page_end = read_count == page and len(events) == read_count
+        if page_end:
+            del events[self.replay_page :]
         requested = Position(run_id, after_seq) if run_id is not None else after
         memory = None
         if sub._run is not None and not page_end:
