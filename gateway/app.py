@@ -13,14 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from providers import ProviderRegistry, default_providers
@@ -256,17 +253,6 @@ async def _runs_finished(registry: RunRegistry, force: Callable[[], bool]) -> No
         stop()
 
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-
-
-def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (unknown route, wrong method) in the API's JSON shape."""
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
-    body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -281,10 +267,6 @@ def create_app(
         async with gateway.lifespan():
             yield
 
-    app = Starlette(
-        routes=gateway.routes(),
-        lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error},
-    )
+    app = Starlette(routes=gateway.routes(), lifespan=lifespan)
     app.state.gateway = gateway
     return app

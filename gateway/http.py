@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -103,6 +105,17 @@ def error_response(exc: GatewayError) -> JSONResponse:
     if exc.field is not None:
         body["field"] = exc.field
     return JSONResponse({"error": body}, status_code=exc.status)
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in the API's JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def json_text(text: str, status: int = 200) -> Response:
@@ -228,8 +241,11 @@ class HttpApi:
             api("/api/runs", GET=self.runs),
             WebSocketRoute("/ws", WebSocketEndpoint(self.gateway)),
         ]
-        # One mount around them all, so a mounted gateway brings its CORS along.
-        return [Mount("", routes=routes, middleware=[self._cors()])]
+        # One mount around them all, so a mounted gateway brings its CORS and its JSON
+        # errors along; the errors are made inside CORS, so a page on an allowed origin
+        # reads a 404 or 405 as such rather than as a CORS failure.
+        errors = Middleware(ExceptionMiddleware, handlers={HTTPException: http_error})
+        return [Mount("", routes=routes, middleware=[self._cors(), errors])]
 
     def _cors(self) -> Middleware:
         """CORS for the allow-listed Origins: the page that may open the WebSocket may call

@@ -396,3 +396,14 @@ async def test_the_origin_allow_list_is_the_http_apis_cors_policy(tmp_path: Path
         assert refused.headers["access-control-allow-origin"] == "https://app.example"
         hidden = await http.get("/api/sessions", headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in hidden.headers
+        # So are Starlette's own: no such route or file, a method the route does not take.
+        own = {"origin": "https://app.example", "authorization": f"Bearer {server.token('alice')}"}
+        for method, missing, status in (
+            ("GET", "/api/nothing", 404),
+            ("GET", "/static/nothing.js", 404),
+            ("DELETE", "/api/sessions", 405),
+        ):
+            response = await http.request(method, missing, headers=own)
+            assert response.status_code == status, missing
+            assert response.headers["access-control-allow-origin"] == "https://app.example"
+            assert response.json()["error"]["code"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")

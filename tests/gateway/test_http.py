@@ -407,6 +407,9 @@ async def test_routes_mount_under_a_prefix_in_a_parent_app(
             assert created.status_code == 201
             document = (await http.get("/openapi.json")).json()
             assert document["servers"] == [{"url": "/chat"}]
+            # The gateway's errors keep its JSON shape inside another app.
+            missing = await http.get("/api/nothing")
+            assert (missing.status_code, missing.json()["error"]["code"]) == (404, "NOT_FOUND")
         async with server.client() as client:
             ack = await client.send_message(created.json()["session_id"], options={"chunks": 2})
             await client.subscribe(ack["session_id"])
