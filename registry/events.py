@@ -10,7 +10,6 @@ messages are ``str`` at the ASGI boundary.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -167,7 +166,11 @@ _TOO_DEEP = {"unencodable": "nested too deeply to read"}
 _TOO_DEEP_TEXT = _json.encode(_TOO_DEEP).decode()
 
 
-def read_stored(decode: Callable[[str], dict[str, Any]], text: str) -> tuple[dict[str, Any], str]:
+decode_data = msgspec.json.Decoder(dict[str, Any]).decode
+"""Stored or received ``data`` text as a dict (see :func:`read_stored` for text too deep)."""
+
+
+def read_stored(text: str) -> tuple[dict[str, Any], str]:
     """Stored ``data`` text decoded, and the text an event's frame should carry.
 
     That is ``text`` itself, unless it nests too deeply to decode here: it was encoded
@@ -175,7 +178,7 @@ def read_stored(decode: Callable[[str], dict[str, Any]], text: str) -> tuple[dic
     interpreter's recursion limit. Then both are a stand-in, so a replay goes on.
     """
     try:
-        return decode(text), text
+        return decode_data(text), text
     except RecursionError:
         return dict(_TOO_DEEP), _TOO_DEEP_TEXT
 

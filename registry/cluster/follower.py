@@ -38,7 +38,6 @@ FOLLOW_GRACE = 5.0
 _PAGE = 1000
 
 _decode_header = msgspec.json.Decoder(tuple[str, int, int, list[str], Any, Any]).decode
-_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class _Follow:
@@ -184,7 +183,7 @@ class Follower:
             self._persist.unread[run_id] = not end.get("watched", False)
         texts = body.split("\n")
         for offset, kind in enumerate(kinds):
-            data, text = read_stored(_decode_data, texts[offset])
+            data, text = read_stored(texts[offset])
             if not mirror.ingest(run_id, first + offset, kind, ts, data, text):
                 return False
         self._ingested(run_id)
@@ -264,7 +263,7 @@ class Follower:
         else:
             events = await self._stream(run_id, last)
         for event in events:
-            data, text = read_stored(_decode_data, event.data)
+            data, text = read_stored(event.data)
             ingested = self._mirror.ingest(run_id, event.seq, event.kind, event.ts, data, text)
             if not ingested:
                 held = self._mirror.following(run_id)

@@ -18,7 +18,7 @@ every ``0.2 L``. A process that dies therefore has its runs ended between ``0.4 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwire.cluster")
 
 _PAGE = 1000
-_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 # Fractions of the configured lease (see the module docstring).
 LEASE_KEY = 0.6
 RENEW_EVERY = 0.2
@@ -190,5 +189,5 @@ class Upkeep:
 
 
 def _event(session_id: str, run_id: str, stored: StoredEvent) -> Event:
-    data, text = read_stored(_decode_data, stored.data)
+    data, text = read_stored(stored.data)
     return Event(session_id, run_id, stored.seq, stored.kind, stored.ts, data, None, text)

@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-import msgspec
-
 from ..events import Event, read_stored
 from .sql import Dialect, Fetch, marks
 
@@ -94,7 +92,6 @@ async def read_digest(
 ) -> Digest:
     """The digest of one session's runs whose ``ord`` is past ``after`` (default: all);
     ``fetch(query, params)`` runs a read on the store, whose dialect is ``sql``."""
-    decoder = msgspec.json.Decoder(dict[str, Any])
     params: dict[str, Any] = {"session": session_id, "after": after}
 
     async def events(where: str, extra: dict[str, Any], tail: str) -> list[Event]:
@@ -103,7 +100,7 @@ async def read_digest(
             {**params, **extra},
         )
         return [
-            Event(session_id, run_id, seq, kind, ts, _cut(read_stored(decoder.decode, data)[0]))
+            Event(session_id, run_id, seq, kind, ts, _cut(read_stored(data)[0]))
             for run_id, seq, kind, ts, data in rows
         ]
 

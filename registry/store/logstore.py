@@ -22,7 +22,16 @@ import msgspec
 
 from ..clock import Clock, to_ms
 from ..errors import UnknownRun
-from ..events import COMPLETE, Event, ForkOrigin, Position, RunSummary, Turn, read_stored
+from ..events import (
+    COMPLETE,
+    Event,
+    ForkOrigin,
+    Position,
+    RunSummary,
+    Turn,
+    decode_data,
+    read_stored,
+)
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
 from .errors import StoreError
@@ -105,7 +114,6 @@ class LogStore(ABC):
         self._refused = 0
         # run_id -> its complete event's data, from append() until run_completed().
         self._completes: dict[str, dict[str, Any]] = {}
-        self._decoder = msgspec.json.Decoder(dict[str, Any])
         self._digests = DigestCache()
         self._history_reads: SharedCalls[
             tuple[str, Position | None, Position, int | None], list[Event] | None
@@ -422,19 +430,18 @@ class LogStore(ABC):
             sql += " LIMIT :limit"
             params["limit"] = limit
         rows = await self._fetch(sql, params)
-        decode = self._decoder.decode
         # The stored text goes along: a replayed event's frame is built around it rather
         # than by encoding the decoded data again.
         try:
             return [
-                Event(session_id, run_id, seq, kind, ts, decode(text), None, text)
+                Event(session_id, run_id, seq, kind, ts, decode_data(text), None, text)
                 for run_id, seq, kind, ts, text in rows
             ]
         except RecursionError:
             # Rare, and slower: a row too deep to decode here becomes its stand-in.
             events = []
             for run_id, seq, kind, ts, stored in rows:
-                data, text = read_stored(decode, stored)
+                data, text = read_stored(stored)
                 events.append(Event(session_id, run_id, seq, kind, ts, data, None, text))
             return events
 
@@ -504,8 +511,7 @@ class LogStore(ABC):
             """,
             {"session": session_id},
         )
-        decode = self._decoder.decode
-        return turns_of((run_id, kind, read_stored(decode, raw)[0]) for run_id, kind, raw in rows)
+        return turns_of((run_id, kind, read_stored(raw)[0]) for run_id, kind, raw in rows)
 
     # Sessions ---------------------------------------------------------------------------
 
