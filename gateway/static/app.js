@@ -444,7 +444,7 @@ class App {
   /** The newest sessions, as many as the sidebar shows already (at least a page). */
   async loadSessions() {
     const limit = Math.min(MAX_PAGE, Math.max(SESSIONS_PAGE, this.sessions.size));
-    const data = await this.client.http(`/api/sessions?limit=${limit}`);
+    const data = await this.client.sessions({ limit });
     const open = this.sessions.get(this.current);
     this.sessions = new Map((data?.sessions ?? []).map((s) => [s.session_id, s]));
     this.sessionsNext = data?.next ?? null;
@@ -458,8 +458,7 @@ class App {
 
   async loadOlderSessions() {
     if (!this.sessionsNext) return;
-    const after = encodeURIComponent(this.sessionsNext);
-    const data = await this.client.http(`/api/sessions?limit=${SESSIONS_PAGE}&after=${after}`);
+    const data = await this.client.sessions({ limit: SESSIONS_PAGE, after: this.sessionsNext });
     for (const s of data?.sessions ?? []) {
       if (!this.sessions.has(s.session_id)) this.sessions.set(s.session_id, s);
     }

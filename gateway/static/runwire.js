@@ -678,6 +678,14 @@ export class RunwireClient {
   }
 
   /**
+   * A page of the user's sessions, newest activity first: {sessions, next}. Pass next as
+   * after for the page after it; next is null on the last page (and without a limit).
+   */
+  sessions({ limit, after } = {}) {
+    return this.http("/api/sessions", { query: { limit, after } });
+  }
+
+  /**
    * The session's durable history over HTTP, every page, in order.
    * Resolves with {events, last} where last is the {run_id, seq} to subscribe after.
    */
