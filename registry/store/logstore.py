@@ -62,6 +62,11 @@ _SESSION_COLUMNS = """
      ORDER BY r.ord DESC LIMIT 1),
     s.handoff, s.forked_from
 """
+# Sessions after a cursor in the listing's order (newest activity, newest created, id).
+_PAST_CURSOR = """
+    AND (s.updated_at < :updated OR (s.updated_at = :updated
+        AND (s.created_at < :created OR (s.created_at = :created AND s.session_id > :session))))
+"""
 _RUN_COLUMNS = """
     r.run_id, r.session_id, r.provider, r.status, r.started_at, r.completed_at,
     CASE WHEN r.status = 'running'
@@ -572,23 +577,19 @@ class LogStore(ABC):
             raise ValueError("limit must be at least 1")
         await self._settle()
         params: dict[str, Any] = {"owner": owner}
-        past = ""
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.owner = :owner"
         if after is not None:
-            past = """
-                AND (s.updated_at < :updated OR (s.updated_at = :updated
-                    AND (s.created_at < :created OR (s.created_at = :created
-                        AND s.session_id > :session))))
-            """
-            params.update(updated=after.updated_at, created=after.created_at)
-            params["session"] = after.session_id
-        rows = await self._fetch(
-            f"""
-            SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.owner = :owner {past}
-            ORDER BY s.updated_at DESC, s.created_at DESC, s.session_id
-            {"" if limit is None else "LIMIT :limit"}
-            """,
-            params if limit is None else {**params, "limit": limit},
-        )
+            sql += _PAST_CURSOR
+            params |= {
+                "updated": after.updated_at,
+                "created": after.created_at,
+                "session": after.session_id,
+            }
+        sql += " ORDER BY s.updated_at DESC, s.created_at DESC, s.session_id"
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        rows = await self._fetch(sql, params)
         return [session_record(row) for row in rows]
 
     async def update_session(
