@@ -35,6 +35,15 @@ ShortText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 Multitask = Literal["reject", "enqueue", "interrupt"]
 
 
+def decimal(text: str) -> int | None:
+    """``text`` as a non-negative integer written in ASCII digits, else ``None``.
+
+    ``str.isdigit`` alone also admits digits ``int`` refuses (``"²"``), which a client
+    could put in a URL or a header.
+    """
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def checked_id(field: str, value: str) -> str:
     """An id a client named in a URL or a header, held to the frames' limit: past
     :data:`MAX_ID` characters it is ``INVALID_FIELD`` (rather than a not-found that would

@@ -125,8 +125,8 @@ def json_text(text: str, status: int = 200) -> Response:
 
 async def read_body(request: Request, kind: type[T], max_bytes: int) -> T:
     """Decode a JSON request body into ``kind``; an empty body means all defaults."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    length = frames.decimal(request.headers.get("content-length", ""))
+    if length is not None and length > max_bytes:
         raise GatewayError("TOO_LARGE", f"request body over {max_bytes} bytes")
     body = b""
     async for chunk in request.stream():
@@ -155,9 +155,10 @@ def query_int(request: Request, name: str, default: int, *, minimum: int, maximu
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    value = frames.decimal(raw)
+    if value is None or not minimum <= value <= maximum:
         raise invalid(name, f"expected an integer from {minimum} to {maximum}")
-    return int(raw)
+    return value
 
 
 def query_id(request: Request, name: str) -> str | None:
@@ -171,13 +172,17 @@ def query_cursor(request: Request) -> SessionCursor | None:
     raw = request.query_params.get("after")
     if not raw:
         return None
-    updated, _, rest = raw.partition(".")
-    created, _, session_id = rest.partition(".")
-    if not (updated.isdigit() and created.isdigit() and session_id):
+    updated_text, _, rest = raw.partition(".")
+    created_text, _, session_id = rest.partition(".")
+    updated, created = frames.decimal(updated_text), frames.decimal(created_text)
+    if (
+        updated is None
+        or created is None
+        or not session_id
+        or max(updated, created) > frames.MAX_INT
+    ):
         raise invalid("after", "expected the next value of an earlier page")
-    if max(int(updated), int(created)) > frames.MAX_INT:
-        raise invalid("after", "expected the next value of an earlier page")
-    return SessionCursor(int(updated), int(created), frames.checked_id("after", session_id))
+    return SessionCursor(updated, created, frames.checked_id("after", session_id))
 
 
 def cursor_text(cursor: SessionCursor | None) -> str | None:

@@ -34,10 +34,11 @@ RETRY_MS = 1000
 
 def parse_last_event_id(value: str) -> tuple[str, int]:
     """``<run_id>:<seq>`` as a position; ``INVALID_FIELD`` when it is not one."""
-    run_id, sep, seq = value.strip().rpartition(":")
-    if not sep or not run_id or not seq.isdigit() or int(seq) > frames.MAX_INT:
+    run_id, sep, text = value.strip().rpartition(":")
+    seq = frames.decimal(text)
+    if not sep or not run_id or seq is None or seq > frames.MAX_INT:
         raise invalid("Last-Event-ID", "expected <run_id>:<seq>")
-    return frames.checked_id("Last-Event-ID", run_id), int(seq)
+    return frames.checked_id("Last-Event-ID", run_id), seq
 
 
 def _event_block(run_id: str, seq: int, kind: str, frame: str) -> str:

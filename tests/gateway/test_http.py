@@ -83,7 +83,9 @@ async def test_sessions_are_listed_in_pages_when_a_limit_is_given(server: Served
             {"limit": 0},
             {"limit": "x"},
             {"limit": 1001},
+            {"limit": "\u00b2"},  # a digit to str.isdigit, not to int
             {"after": "nope"},
+            {"after": "\u00b2.1.s_x"},
             {"after": "1.2."},
             {"after": "-1.2.s_x"},
             {"after": f"{2**64}.1.s_x"},
@@ -121,6 +123,11 @@ async def test_http_errors_are_json_with_fitting_status(server: Served) -> None:
             ),
             (
                 await http.get(f"/api/sessions/{sid}/events", params={"after_run": "nope"}),
+                400,
+                "INVALID_FIELD",
+            ),
+            (
+                await http.get(f"/api/sessions/{sid}/events", params={"limit": "\u00b2"}),
                 400,
                 "INVALID_FIELD",
             ),

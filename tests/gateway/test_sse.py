@@ -71,9 +71,10 @@ async def test_sse_resumes_with_last_event_id(server: Served) -> None:
 async def test_sse_bad_last_event_id(server: Served) -> None:
     async with server.http() as http:
         sid = (await http.post("/api/sessions")).json()["session_id"]
-        for value in ("garbage", "run:-1", ":5", "run:x"):
+        # b"run:\xb2": a digit to str.isdigit (a header is read as Latin-1), not to int.
+        for value in (b"garbage", b"run:-1", b":5", b"run:x", b"run:\xb2"):
             response = await http.get(
-                f"/api/sessions/{sid}/stream", headers={"Last-Event-ID": value}
+                f"/api/sessions/{sid}/stream", headers={b"Last-Event-ID": value}
             )
             assert response.status_code == 400
             assert response.json()["error"]["field"] == "Last-Event-ID"
