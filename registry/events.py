@@ -180,7 +180,12 @@ def read_stored(text: str) -> tuple[dict[str, Any], str]:
     try:
         return decode_data(text), text
     except RecursionError:
-        return dict(_TOO_DEEP), _TOO_DEEP_TEXT
+        return too_deep()
+
+
+def too_deep() -> tuple[dict[str, Any], str]:
+    """The stand-in :func:`read_stored` gives for data too deep to decode, and its text."""
+    return dict(_TOO_DEEP), _TOO_DEEP_TEXT
 
 
 def complete_data(

@@ -117,10 +117,11 @@ async def read_digest(
     # Grouped per run too: the index then yields each run's kinds in order, with no
     # temporary b-tree over every event of the session.
     kinds: dict[str, int] = {}
+    # A row may hold a stretch of events (see ``stretch``): its span counts them.
     for kind, count in await fetch(
-        f"SELECT e.kind, count(*) {_EVENTS} GROUP BY r.ord, e.kind", params
+        f"SELECT e.kind, sum(e.span) {_EVENTS} GROUP BY r.ord, e.kind", params
     ):
-        kinds[kind] = kinds.get(kind, 0) + count
+        kinds[kind] = kinds.get(kind, 0) + int(count)
     last = await fetch(f"SELECT e.ts {_EVENTS}{_NEWEST} LIMIT 1", params)
     name = sql.json_text("e.data", "name")
     tools = {

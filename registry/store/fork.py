@@ -22,6 +22,7 @@ import msgspec
 from ..events import COMPLETE, USER_MESSAGE, ForkOrigin, Position, complete_data
 from ..ids import RunIds
 from .sql import Tx
+from .stretch import pack, unpack
 
 _encoder = msgspec.json.Encoder()
 
@@ -213,11 +214,32 @@ _COPY_CUT_RUN = """
 """
 # The complete's actual_session_id names the session it is in.
 _COPY_EVENTS = """
-    INSERT INTO events (run_id, seq, kind, ts, data)
+    INSERT INTO events (run_id, seq, kind, ts, data, span)
     SELECT :run, seq, kind, ts,
-        CASE WHEN kind = 'complete' THEN {complete} ELSE data END
+        CASE WHEN kind = 'complete' THEN {complete} ELSE data END, span
     FROM events WHERE run_id = :source AND seq <= :keep
 """
+# The stretch (see ``stretch``) that holds the fork point's event and later ones.
+_CUT_STRETCH = """
+    SELECT seq, kind, ts, data, span FROM events
+    WHERE run_id = :source AND seq > :keep AND seq - span < :keep
+"""
+
+
+async def _copy_cut_stretch(tx: Tx, params: dict[str, Any]) -> None:
+    """Copy the events up to ``keep`` of the stretch the fork point cuts, if it cuts one."""
+    for last, kind, ts, stored, span in await tx.fetch(_CUT_STRETCH, params):
+        kept = [
+            (params["run"], seq, kind, ts, text)
+            for seq, _, text in unpack(last, span, stored)
+            if seq <= params["keep"]
+        ]
+        for row in pack(kept):
+            await tx.execute(
+                "INSERT INTO events (run_id, seq, kind, ts, data, span)"
+                " VALUES (:run, :seq, :kind, :ts, :data, :span)",
+                dict(zip(("run", "seq", "kind", "ts", "data", "span"), row, strict=True)),
+            )
 
 
 async def copy_runs(
@@ -243,6 +265,7 @@ async def copy_runs(
         else:
             await tx.execute(_COPY_RUN, params)
         await tx.execute(copy_events, params)
+        await _copy_cut_stretch(tx, params)
         if run.cut:
             data = complete_data(session_id, reason="interrupted", error=FORK_POINT)
             await tx.execute(

@@ -29,8 +29,6 @@ from ..events import (
     Position,
     RunSummary,
     Turn,
-    decode_data,
-    read_stored,
 )
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
@@ -49,6 +47,7 @@ from .records import (
 )
 from .shared import SharedCalls
 from .sql import Dialect, Params, Tx, marks
+from .stretch import unpack
 from .writer import ALL, ProviderId, RunEnd, RunStart, Writer
 
 log = logging.getLogger("runwire.store")
@@ -77,16 +76,17 @@ _RUN_COLUMNS = """
 
 
 def _history(sql: Dialect) -> str:
-    """A session's events from (lo ord, after lo seq) to (hi ord, before hi seq), in start
-    order then seq. With runs_by_session unique, the nested loop yields that order: no
-    sort."""
+    """A session's rows holding events from (lo ord, after lo seq) to (hi ord, before hi
+    seq), in start order then seq. With runs_by_session unique, the nested loop yields that
+    order: no sort. A row is a stretch of events (see ``stretch``) that may reach past
+    either bound; the reader drops what does."""
     lo_seq, hi_seq, every = (sql.integer(name) for name in (":lo_seq", ":hi_seq", ":all"))
     return f"""
-    SELECT e.run_id, e.seq, e.kind, e.ts, e.data
+    SELECT r.ord, e.run_id, e.seq, e.kind, e.ts, e.data, e.span
     FROM runs r CROSS JOIN events e
     WHERE r.session_id = :session AND r.ord >= :lo AND r.ord <= :hi AND e.run_id = r.run_id
         AND e.seq > (CASE WHEN r.ord = :lo THEN {lo_seq} ELSE 0 END)
-        AND e.seq < (CASE WHEN r.ord = :hi THEN {hi_seq} ELSE {every} END)
+        AND e.seq - e.span < (CASE WHEN r.ord = :hi THEN {hi_seq} ELSE {every} END) - 1
 """
 
 
@@ -437,18 +437,19 @@ class LogStore(ABC):
         rows = await self._fetch(sql, params)
         # The stored text goes along: a replayed event's frame is built around it rather
         # than by encoding the decoded data again.
-        try:
-            return [
-                Event(session_id, run_id, seq, kind, ts, decode_data(text), None, text)
-                for run_id, seq, kind, ts, text in rows
-            ]
-        except RecursionError:
-            # Rare, and slower: a row too deep to decode here becomes its stand-in.
-            events = []
-            for run_id, seq, kind, ts, stored in rows:
-                data, text = read_stored(stored)
-                events.append(Event(session_id, run_id, seq, kind, ts, data, None, text))
-            return events
+        events: list[Event] = []
+        for ord_, run_id, last, kind, ts, stored, span in rows:
+            past = lo_seq if ord_ == lo else 0
+            short = hi_seq if ord_ == hi else ALL
+            events.extend(
+                Event(session_id, run_id, seq, kind, ts, data, None, text)
+                for seq, data, text in unpack(last, span, stored)
+                if past < seq < short
+            )
+        # Each row holds an event or more: a limit of rows read at least ``limit`` events.
+        if limit is not None:
+            del events[limit:]
+        return events
 
     async def digest(
         self,
@@ -509,14 +510,18 @@ class LogStore(ABC):
         await self._settle()
         rows = await self._fetch(
             """
-            SELECT e.run_id, e.kind, e.data FROM runs r CROSS JOIN events e
+            SELECT e.run_id, e.kind, e.seq, e.span, e.data FROM runs r CROSS JOIN events e
             WHERE r.session_id = :session AND r.status = 'completed' AND e.run_id = r.run_id
                 AND e.kind IN ('user_message', 'text', 'text_delta')
             ORDER BY r.ord, e.seq
             """,
             {"session": session_id},
         )
-        return turns_of((run_id, kind, read_stored(raw)[0]) for run_id, kind, raw in rows)
+        return turns_of(
+            (run_id, kind, data)
+            for run_id, kind, last, span, stored in rows
+            for _, data, _ in unpack(last, span, stored)
+        )
 
     # Sessions ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ find nothing left to do.
 Version 1 is the whole of SQLite's version 4, in PostgreSQL's terms: 64-bit integers for
 times, seqs and start orders, ``C`` collation on ids (byte order, as SQLite sorts), event
 data as JSON text exactly as the registry encoded it, and the append-only rule of the log
-as a trigger.
+as a trigger. Version 2 follows SQLite's version 5.
 """
 
 from __future__ import annotations
@@ -106,7 +106,13 @@ _V1: Migration = (
     """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# SQLite's version 5: a row may hold a stretch of events (see ``stretch``). This writer
+# stores one event per row, but the readers are shared.
+_V2: Migration = (
+    "ALTER TABLE events ADD COLUMN span BIGINT NOT NULL DEFAULT 1 CHECK (span BETWEEN 1 AND seq)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -98,7 +98,13 @@ _V4: Migration = (
     "ALTER TABLE sessions ADD COLUMN fork_origin TEXT",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
+# Stretches (see ``stretch``): a row holds the events ``seq - span + 1 .. seq``; rows
+# written before are one event each.
+_V5: Migration = (
+    "ALTER TABLE events ADD COLUMN span INTEGER NOT NULL DEFAULT 1 CHECK (span BETWEEN 1 AND seq)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

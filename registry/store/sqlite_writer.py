@@ -2,7 +2,8 @@
 
 The writer's connection lives on a thread of its own (see ``sqlite_thread``), and a batch is
 one job there: one ``BEGIN IMMEDIATE`` transaction, committed (a batch of events alone
-that fits one statement is a transaction of its own). Its events go in by multi-row
+that fits one statement is a transaction of its own). Its events go in as the log stores
+them, a burst of streamed text as one row (see ``stretch``), by multi-row
 ``INSERT ... VALUES`` statements of up to :data:`ROWS_PER_STATEMENT` rows, in a few sizes
 (see :func:`statement_sizes`); run starts, provider ids and run ends use
 ``executemany``. Copying the WAL back into the database runs on a connection of its own
@@ -30,6 +31,7 @@ import anyio
 from .records import StoreStats
 from .sql import SQLITE, Dialect, Params
 from .sqlite_thread import WriterConnection
+from .stretch import pack
 from .writer import EventRow, LogOp, Plan, Statements, batch_writes, op_writes
 
 log = logging.getLogger("runwire.store")
@@ -59,6 +61,8 @@ INSERT_RUN = """
     VALUES (?, ?, ?, ?, 'running', ?, ?)
 """
 INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?, ?, ?)"
+# A batch's events go in as stored rows (see ``stretch``), with their span.
+INSERT_ROWS = "INSERT INTO events (run_id, seq, kind, ts, data, span) VALUES (?, ?, ?, ?, ?, ?)"
 # Rows per multi-row insert. After each statement the writer's thread waits to take the
 # GIL back (about 0.4 ms on average while the loop is busy, at most the interpreter's 5 ms
 # switch interval), so a batch goes fastest in few, big statements. But SQLite compiles a
@@ -67,8 +71,8 @@ INSERT_EVENT = "INSERT INTO events (run_id, seq, kind, ts, data) VALUES (?, ?, ?
 # two, a multiple of ROW_STEP rows and fewer than ROW_STEP.
 ROWS_PER_STATEMENT = 1024
 ROW_STEP = 64
-# Bound parameters per event row (an EventRow).
-_COLUMNS = 5
+# Bound parameters per stored row (a StoredRow).
+_COLUMNS = 6
 SET_SESSION_PROVIDER_ID = "UPDATE sessions SET provider_session_id = ? WHERE session_id = ?"
 SET_RUN_PROVIDER_ID = "UPDATE runs SET provider_session_id = ? WHERE run_id = ?"
 END_RUN = """
@@ -232,6 +236,7 @@ def _batch_steps(
         if statement is not INSERT_EVENT:
             steps.append(Step(statement, rows, True))
             continue
+        rows = pack(rows)
         params = list(itertools.chain.from_iterable(rows))
         start = 0
         for count in statement_sizes(len(rows), rows_per_statement):
@@ -271,7 +276,7 @@ def _commit(conn: sqlite3.Connection, steps: list[Step]) -> None:
 
 
 def rows_per_statement(conn: sqlite3.Connection) -> int:
-    """How many events one statement inserts: :data:`ROWS_PER_STATEMENT`, or fewer where
+    """How many rows one statement inserts: :data:`ROWS_PER_STATEMENT`, or fewer where
     SQLite allows fewer bound parameters."""
     return min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS)
 
@@ -279,7 +284,7 @@ def rows_per_statement(conn: sqlite3.Connection) -> int:
 @functools.lru_cache(maxsize=128)
 def _insert_rows(count: int) -> str:
     """A multi-row insert of ``count`` events."""
-    return INSERT_EVENT + ", (?, ?, ?, ?, ?)" * (count - 1)
+    return INSERT_ROWS + ", (?, ?, ?, ?, ?, ?)" * (count - 1)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

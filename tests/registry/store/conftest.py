@@ -88,12 +88,7 @@ class Backend:
 
     async def events(self, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
         """The run's stored events as (seq, kind, data)."""
-        return [
-            (seq, kind, json.loads(data))
-            for seq, kind, data in await self.rows(
-                "SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-            )
-        ]
+        return expand(await self.rows(EVENT_ROWS, (run_id,)))
 
 
 class SQLiteFile(Backend):
@@ -229,12 +224,21 @@ def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, 
 
 
 def stored_events(path: Path, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
-    return [
-        (seq, kind, json.loads(data))
-        for seq, kind, data in rows(
-            path, "SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-    ]
+    return expand(rows(path, EVENT_ROWS, (run_id,)))
+
+
+EVENT_ROWS = "SELECT seq, kind, data, span FROM events WHERE run_id = ? ORDER BY seq"
+
+
+def expand(stored: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    """A run's rows (:data:`EVENT_ROWS`) as its events, (seq, kind, data): a row holds the
+    events ``seq - span + 1 .. seq``, their data an array when there are more than one."""
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    for seq, kind, data, span in stored:
+        items = json.loads(data) if span > 1 else [json.loads(data)]
+        assert len(items) == span
+        events.extend((seq - span + 1 + i, kind, item) for i, item in enumerate(items))
+    return events
 
 
 class LogWaiter(logging.Handler):
