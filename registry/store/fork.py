@@ -22,7 +22,7 @@ import msgspec
 from ..events import COMPLETE, USER_MESSAGE, ForkOrigin, Position, complete_data
 from ..ids import RunIds
 from .sql import Tx
-from .stretch import pack, unpack
+from .stretch import stretch_row, unpack
 
 _encoder = msgspec.json.Encoder()
 
@@ -221,25 +221,23 @@ _COPY_EVENTS = """
 """
 # The stretch (see ``stretch``) that holds the fork point's event and later ones.
 _CUT_STRETCH = """
-    SELECT seq, kind, ts, data, span FROM events
+    SELECT seq, ts, data, span FROM events
     WHERE run_id = :source AND seq > :keep AND seq - span < :keep
 """
 
 
 async def _copy_cut_stretch(tx: Tx, params: dict[str, Any]) -> None:
     """Copy the events up to ``keep`` of the stretch the fork point cuts, if it cuts one."""
-    for last, kind, ts, stored, span in await tx.fetch(_CUT_STRETCH, params):
-        kept = [
-            (params["run"], seq, kind, ts, text)
-            for seq, _, text in unpack(last, span, stored)
-            if seq <= params["keep"]
-        ]
-        for row in pack(kept):
-            await tx.execute(
-                "INSERT INTO events (run_id, seq, kind, ts, data, span)"
-                " VALUES (:run, :seq, :kind, :ts, :data, :span)",
-                dict(zip(("run", "seq", "kind", "ts", "data", "span"), row, strict=True)),
-            )
+    for last, ts, stored, span in await tx.fetch(_CUT_STRETCH, params):
+        kept = [text for seq, _, text in unpack(last, span, stored) if seq <= params["keep"]]
+        run_id, seq, kind, ts, data, count = stretch_row(
+            params["run"], last - span + 1, ts, kept, len(kept)
+        )
+        await tx.execute(
+            "INSERT INTO events (run_id, seq, kind, ts, data, span)"
+            " VALUES (:run, :seq, :kind, :ts, :data, :span)",
+            {"run": run_id, "seq": seq, "kind": kind, "ts": ts, "data": data, "span": count},
+        )
 
 
 async def copy_runs(

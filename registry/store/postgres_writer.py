@@ -117,6 +117,8 @@ class PostgresBackend:
     """The writer's own connection to a PostgreSQL database, made again when lost."""
 
     refused = REFUSED
+    # One row per event: its commits cost the database's process, not this one.
+    stretches = False
 
     def __init__(self, conn: asyncpg.Connection, connect: Connect, name: str) -> None:
         self.name = name
@@ -144,7 +146,7 @@ class PostgresBackend:
     async def commit(self, plan: Plan) -> None:
         await self.begin()
         conn = self._open()
-        for statement, rows in batch_writes(STATEMENTS, plan):
+        for statement, rows in batch_writes(STATEMENTS, plan, plan.rows()):
             if statement is INSERT_EVENTS:
                 await conn.execute(statement, *zip(*rows, strict=True))
             else:

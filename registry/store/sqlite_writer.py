@@ -31,7 +31,6 @@ import anyio
 from .records import StoreStats
 from .sql import SQLITE, Dialect, Params
 from .sqlite_thread import WriterConnection
-from .stretch import pack
 from .writer import EventRow, LogOp, Plan, Statements, batch_writes, op_writes
 
 log = logging.getLogger("runwire.store")
@@ -127,6 +126,7 @@ class SQLiteBackend:
     """The writer's connection to one SQLite file, and a checkpoint connection beside it."""
 
     refused = REFUSED
+    stretches = True
 
     def __init__(
         self,
@@ -154,7 +154,9 @@ class SQLiteBackend:
         await self._db.execute(statement)
 
     async def commit(self, plan: Plan) -> None:
-        steps = _batch_steps(batch_writes(STATEMENTS, plan), self._rows_per_statement)
+        assert plan.stored is not None
+        writes = batch_writes(STATEMENTS, plan, plan.stored)
+        steps = _batch_steps(writes, self._rows_per_statement)
         await self._db.call(lambda conn: _commit(conn, steps))
 
     async def apply(self, op: LogOp, row: EventRow | None) -> None:
@@ -230,13 +232,14 @@ def _batch_steps(
 
     Made on the event loop, not on the writer's thread: the thread holds the GIL while it
     runs Python, and the loop, having handed it the batch, waits for the GIL meanwhile.
+    The events come as stored rows (see ``stretch``), written by multi-row
+    :data:`INSERT_ROWS` statements.
     """
     steps: list[Step] = []
     for statement, rows in writes:
         if statement is not INSERT_EVENT:
             steps.append(Step(statement, rows, True))
             continue
-        rows = pack(rows)
         params = list(itertools.chain.from_iterable(rows))
         start = 0
         for count in statement_sizes(len(rows), rows_per_statement):

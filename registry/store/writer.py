@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import anyio
@@ -37,6 +37,7 @@ from ..events import UNENCODABLE, Event, stand_in
 from .errors import StoreError
 from .records import StoreStats
 from .sql import Tx
+from .stretch import Burst, StoredRow, burst_of, pack
 
 log = logging.getLogger("runwire.store")
 
@@ -140,21 +141,38 @@ Op = LogOp | Call | Barrier
 
 
 class Plan:
-    """A batch of log operations turned into statement parameters, once, before writing."""
+    """A batch of log operations sorted by what they write, once, before writing."""
 
-    __slots__ = ("ends", "events", "last_seq", "ops", "provider_ids", "starts")
+    __slots__ = (
+        "_encode",
+        "_rows",
+        "ends",
+        "events",
+        "last_seq",
+        "ops",
+        "provider_ids",
+        "starts",
+        "stored",
+    )
 
-    def __init__(self, ops: list[Op], encode: Callable[[Event], str]) -> None:
+    def __init__(
+        self,
+        ops: list[Op],
+        encode: Callable[[Event], str],
+        bursts: dict[int, Burst] | None = None,
+    ) -> None:
         self.ops = ops
         self.starts: list[RunStart] = []
-        self.events: list[EventRow] = []
+        self.events: list[Event] = []
         self.provider_ids: list[ProviderId] = []
         self.ends: list[RunEnd] = []
         self.last_seq: dict[str, int] = {}
+        self._encode = encode
+        self._rows: list[EventRow] | None = None
         events, last_seq = self.events, self.last_seq
         for op in ops:
             if type(op) is Event:
-                events.append((op.run_id, op.seq, op.kind, op.ts, encode(op)))
+                events.append(op)
                 last_seq[op.run_id] = op.seq
             elif type(op) is RunStart:
                 self.starts.append(op)
@@ -162,6 +180,18 @@ class Plan:
                 self.ends.append(op)
             elif type(op) is ProviderId:
                 self.provider_ids.append(op)
+        self.stored: list[StoredRow] | None = None
+        """The events as stretches (see ``stretch``), for a writer that stores them; made
+        now, so the batch's bursts are taken whichever way it is written."""
+        if bursts is not None:
+            self.stored = pack(events, encode, bursts)
+
+    def rows(self) -> list[EventRow]:
+        """Each event as a row of its own."""
+        if self._rows is None:
+            encode = self._encode
+            self._rows = [(e.run_id, e.seq, e.kind, e.ts, encode(e)) for e in self.events]
+        return self._rows
 
 
 class Statements(NamedTuple):
@@ -185,14 +215,17 @@ class Statements(NamedTuple):
     """(completed_at, unread, session_id)."""
 
 
-def batch_writes(statements: Statements, plan: Plan) -> list[tuple[str, list[tuple[Any, ...]]]]:
+def batch_writes(
+    statements: Statements, plan: Plan, events: Sequence[tuple[Any, ...]]
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The statements of a batch, each with its rows of parameters, in the order they must
-    be written: run starts, events, provider ids, run ends."""
+    be written: run starts, ``events`` (the batch's events as the database stores them),
+    provider ids, run ends."""
     writes: list[tuple[str, list[tuple[Any, ...]]]] = []
     for ops in (plan.starts, None, plan.provider_ids, plan.ends):
         if ops is None:
-            if plan.events:
-                writes.append((statements.events, list(plan.events)))
+            if events:
+                writes.append((statements.events, list(events)))
             continue
         # Each operation of a kind writes the same statements: one executemany apiece.
         each = [op_writes(statements, op, None) for op in ops]
@@ -246,6 +279,10 @@ class Backend(Protocol):
     """Errors that blame one operation's data (a constraint, a value the database cannot
     store): that operation is isolated and skipped. Any other error says nothing about the
     data, and the batch is retried as it is."""
+
+    stretches: bool
+    """Whether a batch's events are written as stretches (:attr:`Plan.stored`) rather than
+    a row each (:meth:`Plan.rows`)."""
 
     async def begin(self) -> Tx:
         """Begin a write transaction (connecting first, if the connection was lost); the
@@ -334,6 +371,10 @@ class Writer:
         # those events are not on disk, so the registry must keep them in memory).
         self._holes: dict[str, int] = {}
         self._encoder = msgspec.json.Encoder()
+        # Bursts of queued events whose data is already their stretch's array, by the id of
+        # their first event (kept alive by the entry); None when the backend has no use
+        # for them. Taken out by the Plan of their batch, or when they are lost.
+        self._bursts: dict[int, Burst] | None = {} if backend.stretches else None
         # Failed attempts in a row of the batch being written, and the last error.
         self._failures = 0
         self._failure = ""
@@ -385,8 +426,13 @@ class Writer:
 
         Their frames are encoded now rather than when their batch is written: a source is
         producing now while the database commits earlier events, whereas between two
-        commits the database waits for whatever the writer still has to do.
+        commits the database waits for whatever the writer still has to do. So is the data
+        of a burst of ``text_delta`` as a stretch's array (see ``stretch``).
         """
+        bursts = self._bursts
+        if bursts is not None and events:
+            for burst in burst_of(events, self._encoder):
+                bursts[id(burst.first)] = burst
         for event in events:
             if event.wire is None:
                 self._frame(event)
@@ -516,7 +562,7 @@ class Writer:
         self._since = time.monotonic()
         self._busy = True
         try:
-            await self._write(Plan(batch, self._encode), started)
+            await self._write(Plan(batch, self._encode, self._bursts), started)
         except Exception:
             # A bug, not a database error (those are handled inside): keep the writer alive.
             log.exception("the store's writer failed on a batch of %d writes", len(batch))
@@ -643,7 +689,7 @@ class Writer:
         """The batch in order, each write in a savepoint; returns the writes refused."""
         backend = self._backend
         skipped: list[Op] = []
-        events = iter(plan.events)
+        events = iter(plan.rows())
         await backend.begin()
         for op in plan.ops:
             await backend.execute("SAVEPOINT op")
@@ -731,9 +777,11 @@ class Writer:
             log.error(
                 "%d events were not written to %s and are lost (%s)", len(events), self._path, why
             )
+        bursts = self._bursts or {}
         for event in events:
             seq = event.seq - 1
             self._holes[event.run_id] = min(self._holes.get(event.run_id, seq), seq)
+            bursts.pop(id(event), None)
         self._settled_events += len(events)
         self.stats.dropped += len(ops)
         self._abandon(ops, why)

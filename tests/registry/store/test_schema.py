@@ -139,3 +139,44 @@ async def test_version_2_logs_gain_the_kind_index_and_fork_columns(db_path: Path
         name for (name,) in rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
     }
     assert "events_by_kind" in indexes
+
+
+async def test_version_4_logs_read_as_before_and_new_streams_go_in_stretches(
+    db_path: Path,
+) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        await migrate(db, target=4)
+        await db.execute(
+            "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
+            " VALUES ('s1', 'ann', 'echo', 1, 1)"
+        )
+        await db.execute(
+            "INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, started_at)"
+            " VALUES ('r1', 's1', 1, 'echo', 'completed', 'done', 1)"
+        )
+        for seq in (1, 2, 3):
+            await db.execute(
+                "INSERT INTO events (run_id, seq, kind, ts, data)"
+                f" VALUES ('r1', {seq}, 'text_delta', 1, '{{\"text\": \"{seq}\"}}')"
+            )
+    store = await SQLiteStore.open(db_path)
+    try:
+        history = await store.read_history("s1", None, None)
+        assert history is not None
+        assert [(e.seq, e.data) for e in history] == [(s, {"text": str(s)}) for s in (1, 2, 3)]
+        assert (await store.digest("s1")).kinds == {"text_delta": 3}
+    finally:
+        await store.close()
+    assert rows(db_path, "SELECT seq, span FROM events ORDER BY seq") == [(1, 1), (2, 1), (3, 1)]
+    # A span the rows cannot hold is refused by the schema itself.
+    conn = sqlite3.connect(db_path)
+    try:
+        for seq, span in ((5, 0), (9, 10)):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(
+                    "INSERT INTO events (run_id, seq, kind, ts, data, span)"
+                    " VALUES ('r1', ?, 'text_delta', 1, '[]', ?)",
+                    (seq, span),
+                )
+    finally:
+        conn.close()

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry import Event, ManualClock, MemoryRegistry, Position, Turn
+from registry import Event, ManualClock, MemoryRegistry, Position, RunNotice, Turn
 from registry.store import ForkPoint, Store
-from registry.store.stretch import MAX_SPAN, STRETCHED, pack, unpack
+from registry.store.stretch import (
+    MAX_SPAN,
+    STRETCHED,
+    Burst,
+    StoredRow,
+    burst_of,
+    pack,
+    unpack,
+)
 from registry.store.writer import EventRow
 
 from .conftest import EVENT_ROWS, Backend, expand
@@ -25,7 +36,28 @@ def text(n: int) -> str:
     return json.dumps({"text": f"t{n}"}, separators=(",", ":"))
 
 
-def unpacked(stored: list[tuple[str, int, str, int, str, int]]) -> list[EventRow]:
+def event(run_id: str, seq: int, kind: str, ts: int, value: object = None) -> Event:
+    return Event("s", run_id, seq, kind, ts, {"text": f"t{seq}" if value is None else value})
+
+
+def encode(e: Event) -> str:
+    return e.encoded_data()
+
+
+def queued(*groups: list[Event]) -> tuple[list[Event], dict[int, Burst]]:
+    """The events of ``groups``, each queued together (as Writer.put_many does: bursts
+    first, then frames), and their bursts."""
+    bursts: dict[int, Burst] = {}
+    encoder = msgspec.json.Encoder()
+    for group in groups:
+        for burst in burst_of(group, encoder):
+            bursts[id(burst.first)] = burst
+        for e in group:
+            e.frame()
+    return [e for group in groups for e in group], bursts
+
+
+def unpacked(stored: list[StoredRow]) -> list[EventRow]:
     return [
         (run_id, seq, kind, ts, data_text)
         for run_id, last, kind, ts, data, span in stored
@@ -33,28 +65,34 @@ def unpacked(stored: list[tuple[str, int, str, int, str, int]]) -> list[EventRow
     ]
 
 
+def rows_of(events: list[Event]) -> list[EventRow]:
+    return [(e.run_id, e.seq, e.kind, e.ts, e.encoded_data()) for e in events]
+
+
 # pack and unpack ------------------------------------------------------------------------
 
 
 def test_a_burst_of_text_delta_with_one_ts_is_one_row() -> None:
-    rows: list[EventRow] = [("r", seq, STRETCHED, 7, text(seq)) for seq in range(1, 5)]
-    assert pack(rows) == [("r", 4, STRETCHED, 7, f"[{','.join(text(n) for n in range(1, 5))}]", 4)]
-    assert unpack(4, 4, pack(rows)[0][4]) == [
+    events = [event("r", seq, STRETCHED, 7) for seq in range(1, 5)]
+    stored = pack(events, encode, {})
+    assert stored == [("r", 4, STRETCHED, 7, f"[{','.join(text(n) for n in range(1, 5))}]", 4)]
+    assert unpack(4, 4, stored[0][4]) == [
         (seq, {"text": f"t{seq}"}, text(seq)) for seq in range(1, 5)
     ]
 
 
 def test_other_kinds_another_ts_another_run_or_a_gap_end_a_stretch() -> None:
-    rows: list[EventRow] = [
-        ("r", 1, STRETCHED, 7, text(1)),
-        ("r", 2, STRETCHED, 7, text(2)),
-        ("r", 3, "text", 7, text(3)),  # another kind
-        ("r", 4, STRETCHED, 7, text(4)),
-        ("r", 5, STRETCHED, 8, text(5)),  # another ts
-        ("s", 6, STRETCHED, 8, text(6)),  # another run
-        ("s", 8, STRETCHED, 8, text(8)),  # not the next seq
+    events = [
+        event("r", 1, STRETCHED, 7),
+        event("r", 2, STRETCHED, 7),
+        event("r", 3, "text", 7),  # another kind
+        event("r", 4, STRETCHED, 7),
+        event("r", 5, STRETCHED, 8),  # another ts
+        event("s", 6, STRETCHED, 8),  # another run
+        event("s", 8, STRETCHED, 8),  # not the next seq
     ]
-    assert [(run, seq, span) for run, seq, _, _, _, span in pack(rows)] == [
+    stored = pack(events, encode, {})
+    assert [(run, seq, span) for run, seq, _, _, _, span in stored] == [
         ("r", 2, 2),
         ("r", 3, 1),
         ("r", 4, 1),
@@ -63,43 +101,82 @@ def test_other_kinds_another_ts_another_run_or_a_gap_end_a_stretch() -> None:
         ("s", 8, 1),
     ]
     # A row of one event holds its data as it is, not in an array.
-    assert pack(rows)[2][4] == text(4)
+    assert stored[2][4] == text(4)
 
 
 def test_a_stretch_holds_at_most_max_span_events() -> None:
     count = 2 * MAX_SPAN + 3
-    rows: list[EventRow] = [("r", seq, STRETCHED, 1, text(seq)) for seq in range(1, count + 1)]
-    stored = pack(rows)
+    events, bursts = queued([event("r", seq, STRETCHED, 1) for seq in range(1, count + 1)])
+    assert [b.size for b in bursts.values()] == [MAX_SPAN, MAX_SPAN, 3]
+    stored = pack(events, encode, bursts)
     assert [(seq, span) for _, seq, _, _, _, span in stored] == [
         (MAX_SPAN, MAX_SPAN),
         (2 * MAX_SPAN, MAX_SPAN),
         (count, 3),
     ]
-    assert unpacked(stored) == rows
+    assert unpacked(stored) == rows_of(events)
+    assert bursts == {}
 
 
-rows_strategy = st.lists(
-    st.tuples(
-        st.sampled_from(["r1", "r2"]),
-        st.sampled_from([STRETCHED, STRETCHED, "text", "tool_use"]),
-        st.integers(1, 3),
-        st.text(max_size=5),
+def test_only_a_burst_all_of_text_delta_not_yet_encoded_is_encoded_at_once() -> None:
+    encoder = msgspec.json.Encoder()
+    assert burst_of([event("r", 1, STRETCHED, 1)], encoder) == []
+    assert burst_of([event("r", 1, STRETCHED, 1), event("r", 2, "text", 1)], encoder) == []
+    assert burst_of([event("r", 1, STRETCHED, 1), event("r", 2, STRETCHED, 2)], encoder) == []
+    assert burst_of([event("r", 1, STRETCHED, 1), event("q", 2, STRETCHED, 1)], encoder) == []
+    assert burst_of([event("r", 1, STRETCHED, 1), event("r", 3, STRETCHED, 1)], encoder) == []
+    framed = [event("r", 1, STRETCHED, 1), event("r", 2, STRETCHED, 1)]
+    framed[1].frame()
+    assert burst_of(framed, encoder) == []
+    cannot = [event("r", 1, STRETCHED, 1), event("r", 2, STRETCHED, 1, object())]
+    assert burst_of(cannot, encoder) == []
+    (burst,) = burst_of([event("r", 1, STRETCHED, 1), event("r", 2, STRETCHED, 1)], encoder)
+    assert (burst.size, burst.text) == (2, f"[{text(1)},{text(2)}]")
+
+
+def test_a_burst_is_used_only_when_the_batch_holds_all_of_it() -> None:
+    events, bursts = queued(
+        [event("r", seq, STRETCHED, 1) for seq in range(1, 4)],
+        [event("r", seq, STRETCHED, 1) for seq in range(4, 10)],
+    )
+    # The batch ends inside the second burst: its first events are encoded one by one.
+    stored = pack(events[:5], encode, bursts)
+    assert stored == [("r", 5, STRETCHED, 1, f"[{','.join(text(n) for n in range(1, 6))}]", 5)]
+    assert bursts == {}
+    # A later batch that starts inside a burst encodes its events one by one too.
+    assert unpacked(pack(events[5:], encode, bursts)) == rows_of(events[5:])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["r1", "r2"]),
+            st.sampled_from([STRETCHED, STRETCHED, "text", "tool_use"]),
+            st.integers(1, 3),
+            st.lists(st.text(max_size=5), min_size=1, max_size=40),
+        ),
+        max_size=12,
     ),
-    max_size=60,
+    st.integers(0, 50),
+    st.integers(0, 50),
 )
-
-
-@given(rows_strategy)
 def test_packed_rows_are_the_events_in_order_and_no_more_rows_than_needed(
-    drawn: list[tuple[str, str, int, str]],
+    drawn: list[tuple[str, str, int, list[str]]], cut_start: int, cut_end: int
 ) -> None:
+    # Groups as a registry queues them (a burst: one run, kind mix, one ts), and a batch
+    # that may start and end inside them.
     seqs = {"r1": 0, "r2": 0}
-    rows: list[EventRow] = []
-    for run_id, kind, ts, value in drawn:
-        seqs[run_id] += 1
-        rows.append((run_id, seqs[run_id], kind, ts, json.dumps({"text": value})))
-    stored = pack(rows)
-    assert unpacked(stored) == rows
+    groups = []
+    for run_id, kind, ts, values in drawn:
+        group = []
+        for value in values:
+            seqs[run_id] += 1
+            group.append(event(run_id, seqs[run_id], kind, ts, value))
+        groups.append(group)
+    events, bursts = queued(*groups)
+    batch = events[cut_start : len(events) - cut_end]
+    stored = pack(batch, encode, bursts)
+    assert unpacked(stored) == rows_of(batch)
     for _, _, kind, _, _, span in stored:
         assert 1 <= span <= MAX_SPAN
         assert span == 1 or kind == STRETCHED
@@ -244,3 +321,99 @@ async def test_a_fork_inside_a_stretch_copies_its_events_up_to_the_point(
     assert [(e.seq, e.kind) for e in copied[keep:]] == [(keep + 1, "complete")]
     digest = await store.digest(fork.session_id)
     assert sum(digest.kinds.values()) == keep + 1
+
+
+# What a source yields, stored as its frames have it -------------------------------------
+
+
+async def run_source(store: Store, source: Any) -> tuple[MemoryRegistry, str]:
+    """Run ``source`` to its end in a new session; the registry (closed) and the run id."""
+    record = await store.create_session(owner=OWNER, provider="echo")
+    async with MemoryRegistry(store=store) as registry:
+        finished = anyio.Event()
+        registry.listen(
+            lambda n: (
+                finished.set() if isinstance(n, RunNotice) and n.kind == "run_finished" else None
+            )
+        )
+        result = await registry.start(record.session_id, owner=OWNER, content="go", source=source)
+        await finished.wait()
+        await store.flush()
+    return registry, result.run_id
+
+
+async def stored_texts(backend: Backend, run_id: str) -> list[tuple[int, str]]:
+    rows = await backend.rows(EVENT_ROWS, (run_id,))
+    return [
+        (seq, text) for last, _, data, span in rows for seq, _, text in unpack(last, span, data)
+    ]
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+# Keys a provider might put its session id under are scrubbed, not stored as yielded.
+_keys = st.text().filter(
+    lambda key: key not in {"session_id", "sessionId", "actual_session_id", "provider_session_id"}
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bursts=st.lists(st.lists(st.dictionaries(_keys, _values), min_size=1), min_size=1))
+async def test_a_sources_bursts_are_stored_as_their_frames_have_them(
+    backend: Backend, store: Store, bursts: list[list[dict[str, Any]]]
+) -> None:
+    async def source(ctx: object) -> AsyncIterator[Any]:
+        for burst in bursts:
+            yield [(STRETCHED, data) for data in burst]
+
+    registry, run_id = await run_source(store, source)
+    texts = await stored_texts(backend, run_id)
+    frames = [json.loads(e.frame()) for e in registry._runs[run_id].buffer.read(1)]
+    assert [(f["seq"], json.loads(text)) for (_, text), f in zip(texts, frames, strict=True)] == [
+        (f["seq"], f["data"]) for f in frames
+    ]
+    yielded = [data for burst in bursts for data in burst]
+    assert [json.loads(text) for _, text in texts[1:-1]] == json.loads(json.dumps(yielded))
+
+
+async def test_data_changed_by_its_source_after_it_was_yielded_is_stored_as_it_was_sent(
+    backend: Backend, store: Store
+) -> None:
+    # A sloppy source reuses its dicts: what was sent is what was yielded at the time, and
+    # the log must hold the same, whether the event came alone or in a burst.
+    async def source(ctx: object) -> AsyncIterator[Any]:
+        a, b = {"text": ""}, {"text": ""}
+        for n in range(3):
+            a["text"], b["text"] = f"a{n}", f"b{n}"
+            yield [(STRETCHED, a), (STRETCHED, b)]
+            yield [(STRETCHED, a)]
+        a["text"] = b["text"] = "changed"
+
+    _registry, run_id = await run_source(store, source)
+    texts = [json.loads(text) for _, text in await stored_texts(backend, run_id)]
+    assert texts[1:-1] == [{"text": t} for n in range(3) for t in (f"a{n}", f"b{n}", f"a{n}")]
+
+
+async def test_a_burst_with_data_that_is_not_json_keeps_every_seq(
+    backend: Backend, store: Store
+) -> None:
+    async def source(ctx: object) -> AsyncIterator[Any]:
+        yield [(STRETCHED, {"text": "a"}), (STRETCHED, {"bad": object()}), (STRETCHED, {})]
+
+    _registry, run_id = await run_source(store, source)
+    texts = await stored_texts(backend, run_id)
+    assert [seq for seq, _ in texts] == [1, 2, 3, 4, 5]
+    assert json.loads(texts[1][1]) == {"text": "a"}
+    assert "unencodable" in json.loads(texts[2][1])
+    assert json.loads(texts[3][1]) == {}
