@@ -29,6 +29,7 @@ from ..events import (
     Position,
     RunSummary,
     Turn,
+    read_stored,
 )
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
@@ -439,6 +440,11 @@ class LogStore(ABC):
         # than by encoding the decoded data again.
         events: list[Event] = []
         for ord_, run_id, last, kind, ts, stored, span in rows:
+            if span == 1:
+                # For a row of one event, the query's bounds are exact.
+                data, text = read_stored(stored)
+                events.append(Event(session_id, run_id, last, kind, ts, data, None, text))
+                continue
             past = lo_seq if ord_ == lo else 0
             short = hi_seq if ord_ == hi else ALL
             events.extend(
