@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import strategies as st
 
 from registry import Event, MemoryRegistry, NullPersistence, Position, RunSummary, Subscription
 
@@ -199,3 +200,15 @@ NOT_JSON = [
     pytest.param(nested_past_any_limit, id="nested-past-the-recursion-limit"),
 ]
 """Data a source may yield that cannot be JSON, made fresh for each use."""
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+"""Any value that JSON holds exactly as given (no NaN or infinity)."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from registry import Event, ManualClock, MemoryRegistry
 
-from .fakes import FakeStore, drain, kinds, positions
+from .fakes import FakeStore, drain, json_values, kinds, positions
 
 ID_KEYS = ["session_id", "sessionId", "actual_session_id", "provider_session_id"]
 
@@ -64,22 +64,11 @@ async def test_frame_is_the_protocol_event(reg: MemoryRegistry, clock: ManualClo
     assert event.frame() is event.frame()
 
 
-_json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=10,
-)
-
-
 @given(
     ids=st.tuples(st.text(), st.text(), st.text()),
     seq=st.integers(min_value=1),
     ts=st.integers(min_value=0),
-    data=st.dictionaries(st.text(), _json_values, max_size=4),
+    data=st.dictionaries(st.text(), json_values, max_size=4),
 )
 def test_frame_is_the_json_of_its_fields(
     ids: tuple[str, str, str], seq: int, ts: int, data: dict[str, object]

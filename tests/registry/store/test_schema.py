@@ -107,17 +107,23 @@ async def test_version_1_sessions_gain_empty_handoff_notes(db_path: Path) -> Non
         await store.close()
 
 
+async def completed_run(db: aiosqlite.Connection) -> None:
+    """Session ``s1`` of ``ann`` with one completed run ``r1``, as an older version stores
+    them."""
+    await db.execute(
+        "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
+        " VALUES ('s1', 'ann', 'echo', 1, 1)"
+    )
+    await db.execute(
+        "INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, started_at)"
+        " VALUES ('r1', 's1', 1, 'echo', 'completed', 'done', 1)"
+    )
+
+
 async def test_version_2_logs_gain_the_kind_index_and_fork_columns(db_path: Path) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         await migrate(db, target=2)
-        await db.execute(
-            "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
-            " VALUES ('s1', 'ann', 'echo', 1, 1)"
-        )
-        await db.execute(
-            "INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, started_at)"
-            " VALUES ('r1', 's1', 1, 'echo', 'completed', 'done', 1)"
-        )
+        await completed_run(db)
         await db.execute(
             "INSERT INTO events (run_id, seq, kind, ts, data) VALUES ('r1', 1, 'checkpoint', 1,"
             ' \'{"label": "old"}\')'
@@ -141,19 +147,10 @@ async def test_version_2_logs_gain_the_kind_index_and_fork_columns(db_path: Path
     assert "events_by_kind" in indexes
 
 
-async def test_version_4_logs_read_as_before_and_new_streams_go_in_stretches(
-    db_path: Path,
-) -> None:
+async def test_version_4_logs_are_read_as_before_a_row_an_event(db_path: Path) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         await migrate(db, target=4)
-        await db.execute(
-            "INSERT INTO sessions (session_id, owner, provider, created_at, updated_at)"
-            " VALUES ('s1', 'ann', 'echo', 1, 1)"
-        )
-        await db.execute(
-            "INSERT INTO runs (run_id, session_id, ord, provider, status, outcome, started_at)"
-            " VALUES ('r1', 's1', 1, 'echo', 'completed', 'done', 1)"
-        )
+        await completed_run(db)
         for seq in (1, 2, 3):
             await db.execute(
                 "INSERT INTO events (run_id, seq, kind, ts, data)"

@@ -27,6 +27,7 @@ from registry.store.stretch import (
 )
 from registry.store.writer import EventRow
 
+from ..fakes import json_values
 from .conftest import EVENT_ROWS, Backend, expand
 
 OWNER = "ann"
@@ -349,17 +350,6 @@ async def stored_texts(backend: Backend, run_id: str) -> list[tuple[int, str]]:
     ]
 
 
-_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=8,
-)
-
-
 # Keys a provider might put its session id under are scrubbed, not stored as yielded.
 _keys = st.text().filter(
     lambda key: key not in {"session_id", "sessionId", "actual_session_id", "provider_session_id"}
@@ -369,7 +359,7 @@ _keys = st.text().filter(
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(bursts=st.lists(st.lists(st.dictionaries(_keys, _values), min_size=1), min_size=1))
+@given(bursts=st.lists(st.lists(st.dictionaries(_keys, json_values), min_size=1), min_size=1))
 async def test_a_sources_bursts_are_stored_as_their_frames_have_them(
     backend: Backend, store: Store, bursts: list[list[dict[str, Any]]]
 ) -> None:
