@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 import anyio
 import msgspec
@@ -76,19 +76,37 @@ _RUN_COLUMNS = """
 """
 
 
-def _history(sql: Dialect) -> str:
+def _history(sql: Dialect, columns: str) -> str:
     """A session's rows holding events from (lo ord, after lo seq) to (hi ord, before hi
     seq), in start order then seq. With runs_by_session unique, the nested loop yields that
     order: no sort. A row is a stretch of events (see ``stretch``) that may reach past
     either bound; the reader drops what does."""
     lo_seq, hi_seq, every = (sql.integer(name) for name in (":lo_seq", ":hi_seq", ":all"))
     return f"""
-    SELECT r.ord, e.run_id, e.seq, e.kind, e.ts, e.data, e.span
+    SELECT {columns}
     FROM runs r CROSS JOIN events e
     WHERE r.session_id = :session AND r.ord >= :lo AND r.ord <= :hi AND e.run_id = r.run_id
         AND e.seq > (CASE WHEN r.ord = :lo THEN {lo_seq} ELSE 0 END)
         AND e.seq - e.span < (CASE WHEN r.ord = :hi THEN {hi_seq} ELSE {every} END) - 1
 """
+
+
+_EVENT_COLUMNS = "r.ord, e.run_id, e.seq, e.kind, e.ts, e.data, e.span"
+_SPAN_COLUMNS = "r.ord, e.seq, e.span"
+
+
+class _Bounds(NamedTuple):
+    """A history read's bounds: from after seq ``lo_seq`` of the run started ``lo``-th to
+    before seq ``hi_seq`` of the run started ``hi``-th."""
+
+    lo: int
+    lo_seq: int
+    hi: int
+    hi_seq: int
+
+    def seqs(self, ord_: int) -> tuple[int, int]:
+        """The seqs of the run started ``ord_``-th that are in: those strictly between."""
+        return (self.lo_seq if ord_ == self.lo else 0), (self.hi_seq if ord_ == self.hi else ALL)
 
 
 _HISTORY_ORDER = " ORDER BY r.ord, e.seq"
@@ -345,11 +363,10 @@ class LogStore(ABC):
         self, session_id: str, after: Position | None, before: Position | None, limit: int | None
     ) -> list[Event] | None:
         await self._settle()
-        ords = await self._ords(session_id, after, before)
-        if ords is None:
+        bounds = await self._bounds(session_id, after, before)
+        if bounds is None:
             return None
-        lo, lo_seq, hi, hi_seq = ords
-        return await self._history(session_id, lo, lo_seq, hi, hi_seq, limit=limit)
+        return await self._history(session_id, bounds, limit=limit)
 
     async def history_page(
         self,
@@ -369,22 +386,19 @@ class LogStore(ABC):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         await self._settle()
-        ords = await self._ords(session_id, after, None)
-        if ords is None:
+        bounds = await self._bounds(session_id, after, None)
+        if bounds is None:
             assert after is not None
             raise UnknownRun(session_id, after.run_id)
-        lo, lo_seq, hi, hi_seq = ords
-        events = await self._history(
-            session_id, lo, lo_seq, hi, hi_seq, limit=limit + 1, kinds=kinds
-        )
+        events = await self._history(session_id, bounds, limit=limit + 1, kinds=kinds)
         if len(events) > limit:
             del events[limit:]
             return events, events[-1].position
         return events, None
 
-    async def _ords(
+    async def _bounds(
         self, session_id: str, after: Position | None, before: Position | None
-    ) -> tuple[int, int, int, int] | None:
+    ) -> _Bounds | None:
         """The (ord, seq) bounds of a history read; ``None`` when ``after`` is unknown."""
         names = [p.run_id for p in (after, before) if p is not None]
         found: dict[str, int] = {}
@@ -404,37 +418,33 @@ class LogStore(ABC):
         hi, hi_seq = ALL, ALL
         if before is not None and before.run_id in found:
             hi, hi_seq = found[before.run_id], before.seq
-        return lo, lo_seq, hi, hi_seq
+        return _Bounds(lo, lo_seq, hi, hi_seq)
 
     async def _history(
         self,
         session_id: str,
-        lo: int,
-        lo_seq: int,
-        hi: int,
-        hi_seq: int,
+        bounds: _Bounds,
         *,
         limit: int | None,
         kinds: Collection[str] | None = None,
     ) -> list[Event]:
-        params: dict[str, object] = {
-            "session": session_id,
-            "lo": lo,
-            "lo_seq": lo_seq,
-            "hi": hi,
-            "hi_seq": hi_seq,
-            "all": ALL,
-        }
-        sql = _history(self.sql)
+        params: dict[str, object] = {"session": session_id, **bounds._asdict(), "all": ALL}
+        where = ""
         if kinds is not None:
             # One bound parameter per kind: the SQL text holds only our own names.
             listed, named = marks("kind", kinds)
             params.update(named)
-            sql += f" AND e.kind IN ({listed})"
-        sql += _HISTORY_ORDER
+            where = f" AND e.kind IN ({listed})"
+        sql = _history(self.sql, _EVENT_COLUMNS) + where + _HISTORY_ORDER
         if limit is not None:
+            rows_limit = limit
+            if self._writer.stretches:
+                span_sql = _history(self.sql, _SPAN_COLUMNS) + where + _HISTORY_ORDER
+                rows_limit = await self._rows_holding(span_sql, params, bounds, limit)
+            if rows_limit == 0:
+                return []
             sql += " LIMIT :limit"
-            params["limit"] = limit
+            params["limit"] = rows_limit
         rows = await self._fetch(sql, params)
         # The stored text goes along: a replayed event's frame is built around it rather
         # than by encoding the decoded data again.
@@ -445,8 +455,7 @@ class LogStore(ABC):
                 data, text = read_stored(stored)
                 events.append(Event(session_id, run_id, last, kind, ts, data, None, text))
                 continue
-            past = lo_seq if ord_ == lo else 0
-            short = hi_seq if ord_ == hi else ALL
+            past, short = bounds.seqs(ord_)
             events.extend(
                 Event(session_id, run_id, seq, kind, ts, data, None, text)
                 for seq, data, text in unpack(last, span, stored)
@@ -456,6 +465,22 @@ class LogStore(ABC):
         if limit is not None:
             del events[limit:]
         return events
+
+    async def _rows_holding(
+        self, sql: str, params: dict[str, object], bounds: _Bounds, limit: int
+    ) -> int:
+        """How many of the rows ``sql`` reads hold its first ``limit`` events within
+        ``bounds``. Read by their keys and spans alone, so that a page of a log in
+        stretches decodes at most a stretch more than the page, not ``limit`` rows' worth
+        of stretches."""
+        rows = await self._fetch(sql + " LIMIT :limit", {**params, "limit": limit})
+        count = 0
+        for taken, (ord_, last, span) in enumerate(rows, 1):
+            past, short = bounds.seqs(ord_)
+            count += max(0, min(last, short - 1) - max(last - span, past))
+            if count >= limit:
+                return taken
+        return len(rows)
 
     async def digest(
         self,

@@ -506,6 +506,11 @@ class Writer:
         return not self._queue and not self._busy
 
     @property
+    def stretches(self) -> bool:
+        """Whether the log may hold stretches (see ``stretch``): this backend writes them."""
+        return self._backend.stretches
+
+    @property
     def backlog(self) -> int:
         return self._queued_events - self._settled_events
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry import Event, ManualClock, MemoryRegistry, Position, RunNotice, Turn
-from registry.store import ForkPoint, Store
+from registry.store import ForkPoint, Store, logstore
 from registry.store.stretch import (
     MAX_SPAN,
     STRETCHED,
@@ -407,3 +407,29 @@ async def test_a_burst_with_data_that_is_not_json_keeps_every_seq(
     assert json.loads(texts[1][1]) == {"text": "a"}
     assert "unencodable" in json.loads(texts[2][1])
     assert json.loads(texts[3][1]) == {}
+
+
+async def test_a_page_of_a_long_log_decodes_about_a_page_not_the_log(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid, runs = await burst_session(store, clock, [3000] * 6)
+    decoded: list[int] = []
+
+    def counting(last: int, span: int, stored: str) -> list[tuple[int, dict[str, Any], str]]:
+        events = unpack(last, span, stored)
+        decoded.append(len(events))
+        return events
+
+    monkeypatch.setattr(logstore, "unpack", counting)
+    page, after = await store.history_page(sid, after=None, limit=100)
+    assert [e.seq for e in page] == list(range(1, 101))
+    assert after == Position(runs[0], 100)
+    assert sum(decoded) <= 101 + MAX_SPAN
+    decoded.clear()
+    read = await store.read_history(sid, Position(runs[1], 1500), None, 2500)
+    assert read is not None
+    # Each run: its user_message, 3,000 text_deltas, a text and its complete.
+    assert [(e.run_id, e.seq) for e in read] == [(runs[1], s) for s in range(1501, 3004)] + [
+        (runs[2], s) for s in range(1, 998)
+    ]
+    assert sum(decoded) <= 2500 + 2 * MAX_SPAN
