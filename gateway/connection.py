@@ -1,11 +1,13 @@
 """One WebSocket client: its subscriptions, its outbound control frames and its writer.
 
 A connection has exactly one writer task. It multiplexes every subscription of the
-connection: each round it pulls what each subscription has (up to a limit, for fairness),
-then takes the queued control frames (replies, pushes), and sends the lot, one frame per
-message, or with ``?batch=1`` the whole round as one JSON array message. With nothing to
-send it arms all subscriptions with one wake-up and sleeps (the registry wakes it only for
-deliverable events: with a store, once per commit, so commits are the batches). A
+connection: each round it pulls what each *ready* subscription has (up to a limit, for
+fairness), then takes the queued control frames (replies, pushes), and sends the lot, one
+frame per message, or with ``?batch=1`` the whole round as one JSON array message. A
+subscription is ready from its start until a pull finds nothing, and again whenever its
+listener hears that its session changed (the registry tells only of deliverable events:
+with a store, once per commit, so commits are the batches). So a round costs nothing for a
+subscription whose session is quiet, and with nothing to send the writer just sleeps. A
 subscription's ``subscribed`` frame is held with it and sent right before its first
 events. Events go before control frames, so a run's ``complete`` usually precedes its
 ``run_finished``.
@@ -68,6 +70,8 @@ class Connection:
         self._stats = stats
         self._control: deque[str] = deque()
         self._subs: dict[str, Subscription] = {}
+        # Subscriptions that may have something to pull (a dict: an ordered set).
+        self._ready: dict[Subscription, None] = {}
         # `subscribed` frames not yet sent, by subscription.
         self._headers: dict[Subscription, str] = {}
         self._waker = Waker()
@@ -97,19 +101,27 @@ class Connection:
         self.drop_subscription(sub.session_id)
         self._subs[sub.session_id] = sub
         self._headers[sub] = subscribed
-        self._waker.poke()
+        ready = self._ready
+        poke = self._waker.poke
+
+        def changed() -> None:
+            ready[sub] = None
+            poke()
+
+        changed()
+        sub.listen(changed)
 
     def drop_subscription(self, session_id: str) -> bool:
         """Close this connection's subscription to the session, if it has one."""
         sub = self._subs.pop(session_id, None)
         if sub is None:
             return False
+        sub.close()  # its listener's last call marks it ready: forget it after
         self._forget(sub)
-        sub.close()
         return True
 
     def _forget(self, sub: Subscription) -> None:
-        self._waker.forget(sub)
+        self._ready.pop(sub, None)
         header = self._headers.pop(sub, None)
         if header is not None:
             # Its subscribe frame still gets its reply.
@@ -159,12 +171,11 @@ class Connection:
                 if self.close_code is None:
                     self.close_code = self._finish_code
                 return
-            if waker.arm(self._subs.values()):
-                await waker.wait()
+            await waker.wait()
 
     def _collect(self) -> list[str]:
         texts: list[str] = []
-        if self._subs:
+        if self._ready:
             self._collect_events(texts)
         control = self._control
         if control:
@@ -174,8 +185,9 @@ class Connection:
 
     def _collect_events(self, texts: list[str]) -> None:
         headers = self._headers
+        ready = self._ready
         delivered = 0
-        for session_id, sub in list(self._subs.items()):
+        for sub in list(ready):
             if headers:
                 header = headers.pop(sub, None)
                 if header is not None:
@@ -183,8 +195,7 @@ class Connection:
             try:
                 events = sub.pull(PULL_LIMIT)
             except Lagged as lag:
-                self._subs.pop(session_id, None)
-                self._forget(sub)
+                self._remove(sub)
                 if not sub.paged:  # a long replay's page ending is no client falling behind
                     self._stats.lagged += 1
                 texts.append(frames.lagged(lag.session_id, lag.run_id, lag.last_seq))
@@ -194,11 +205,20 @@ class Connection:
                 # The cached frame when there is one (the store encodes a burst as it
                 # queues it), sparing a call per event per subscriber.
                 texts.extend([event.wire or event.frame() for event in events])
+                if not sub.ready():
+                    del ready[sub]  # spares the next round a pull that finds nothing
             elif sub.closed:
                 # Closed elsewhere (the session was deleted): nothing more will come.
-                self._subs.pop(session_id, None)
-                self._forget(sub)
+                self._remove(sub)
+            else:
+                ready.pop(sub, None)  # until its listener hears of a change
         self._stats.delivered += delivered
+
+    def _remove(self, sub: Subscription) -> None:
+        """Forget a subscription that ended by itself (lagged, or closed elsewhere)."""
+        if self._subs.get(sub.session_id) is sub:
+            del self._subs[sub.session_id]
+        self._forget(sub)
 
     async def _write(self, texts: list[str]) -> None:
         send = self._send

@@ -117,6 +117,7 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
 
         assert sub.info is not None
+        sub.listen(waker.poke)
         await write(
             f"retry: {RETRY_MS}\nevent: subscribed\ndata: {frames.subscribed(None, sub.info)}\n\n"
         )
@@ -131,6 +132,7 @@ class EventStream(Response):
                     next_page = await self._next_page(lag)
                     if next_page is not None:
                         sub = self._sub = next_page
+                        sub.listen(waker.poke)
                         continue
                 stats.lagged += 1
                 data = frames.lagged(lag.session_id, lag.run_id, lag.last_seq)
@@ -151,8 +153,6 @@ class EventStream(Response):
                     f"event: session_deleted\ndata: {frames.session_deleted(sub.session_id)}\n\n"
                 )
                 return
-            if not waker.arm((sub,)):
-                continue
             with anyio.move_on_after(ping_interval) as timer:
                 await waker.wait()
             if timer.cancelled_caught:

@@ -55,6 +55,7 @@ class SessionState:
 
     __slots__ = (
         "last_run",
+        "listeners",
         "msg_ids",
         "owner",
         "queue",
@@ -70,7 +71,10 @@ class SessionState:
         self.owner = owner
         self.runs: deque[Run] = deque()
         self.subscriptions: set[Subscription] = set()
+        # One-shot wake-ups (Subscription.arm), and each subscription's standing one
+        # (Subscription.listen).
         self.waiters: list[Callable[[], None]] = []
+        self.listeners: dict[Subscription, Callable[[], None]] = {}
         self.queue: deque[PendingStart] = deque()
         # client_msg_id -> run_id, for runs in memory and queued starts.
         self.msg_ids: dict[str, str] = {}
@@ -84,12 +88,22 @@ class SessionState:
     def latest(self) -> Run | None:
         return self.runs[-1] if self.runs else None
 
+    @property
+    def watched(self) -> bool:
+        """Whether a change has anyone to tell."""
+        return bool(self.waiters or self.listeners)
+
     def wake(self) -> None:
-        """Tell every armed subscription that something changed. Each is told once."""
+        """Tell every armed subscription (once) and every listening one that something
+        changed."""
         waiters = self.waiters
         if waiters:
             self.waiters = []
             for callback in waiters:
+                callback()
+        if self.listeners:
+            # A copy: a callback may close a subscription.
+            for callback in list(self.listeners.values()):
                 callback()
 
     def idle(self) -> bool:

@@ -53,9 +53,10 @@ class SubscribeInfo(msgspec.Struct):
 class Subscription:
     """Delivers a session's events once each, in order, from a position, then live.
 
-    Use :meth:`next_batch` (or ``async for batch in sub``) in a task, or, to multiplex many
-    subscriptions in one writer, :meth:`pull` until it returns ``[]`` and then :meth:`arm`
-    a wake-up callback.
+    Use :meth:`next_batch` (or ``async for batch in sub``) in a task. To multiplex many
+    subscriptions in one writer, :meth:`listen` to each once and :meth:`pull` from those
+    that were told of a change since they last returned ``[]``; or :meth:`pull` until it
+    returns ``[]`` and then :meth:`arm` a one-shot wake-up.
     """
 
     __slots__ = (
@@ -200,6 +201,21 @@ class Subscription:
         self._session.waiters.append(callback)
         return True
 
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the session changes, until this subscription closes,
+        and once when it closes (replacing any earlier listener).
+
+        What :meth:`pull` would return changes only with such a call. So a writer that,
+        after each call, pulls from the subscription until it has nothing (``pull``
+        returns ``[]``, or :meth:`ready` is false) misses nothing. Unlike :meth:`arm`,
+        nothing is renewed per wait: a writer of many subscriptions pays per change, not
+        per subscription per round.
+        """
+        if self.closed:
+            callback()
+            return
+        self._session.listeners[self] = callback
+
     async def next_batch(self, limit: int | None = None) -> list[Event]:
         """Wait for and return the next events. Raises :class:`Lagged` or
         :class:`SubscriptionClosed` when the subscription ends."""
@@ -228,9 +244,13 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self._prefix = []
-            self._session.subscriptions.discard(self)
-            # Wake a task blocked in next_batch so it sees the close.
-            self._session.wake()
+            session = self._session
+            session.subscriptions.discard(self)
+            listener = session.listeners.pop(self, None)
+            # Wake a task blocked in next_batch, or a listening writer, so it sees the close.
+            session.wake()
+            if listener is not None:
+                listener()
 
     # Internal --------------------------------------------------------------------------
 

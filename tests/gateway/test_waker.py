@@ -1,5 +1,5 @@
-"""The writer's wake-up: no poke is lost between ``reset`` and ``wait``, a subscription
-wakes it round after round, and a cancelled wait leaves the waker usable."""
+"""The writer's wake-up: no poke is lost between ``reset`` and ``wait``, a listening
+subscription wakes it round after round, and a cancelled wait leaves the waker usable."""
 
 from __future__ import annotations
 
@@ -49,16 +49,15 @@ def drain(sub: Subscription) -> None:
         pass
 
 
-async def test_a_subscription_wakes_the_writer_every_round() -> None:
+async def test_a_listening_subscription_wakes_the_writer_every_round() -> None:
     reg = MemoryRegistry(buffer_size=8)
     await reg.start("s1", owner="alice", content="hi")
     sub = await reg.subscribe("s1", owner="alice")
     waker = Waker()
+    sub.listen(waker.poke)
     for round_ in range(3):
         drain(sub)
         waker.reset()
-        assert waker.arm([sub])
-        assert waker.arm([sub])  # already armed: nothing more to do
         waiting = asyncio.create_task(waker.wait())
         await yield_a_few_times()
         assert not waiting.done()

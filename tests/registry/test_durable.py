@@ -25,17 +25,21 @@ def gated(clock: ManualClock) -> tuple[MemoryRegistry, FakeStore]:
     return MemoryRegistry(store=store, clock=clock, buffer_size=8), store
 
 
-async def test_nothing_is_delivered_before_it_is_on_disk(
+async def test_nothing_is_delivered_or_told_before_it_is_on_disk(
     gated: tuple[MemoryRegistry, FakeStore],
 ) -> None:
     reg, store = gated
     run_id = (await reg.start("s", owner="a", content="hi")).run_id
     sub = await reg.subscribe("s", owner="a")
+    pending: list[int] = []
+    sub.listen(lambda: pending.append(sub.pending()))
     reg.publish("s", "text", {"text": "one"})
     assert sub.info is not None
     assert sub.info.replayed == 0
+    assert pending == []  # a listener hears only of what it may have
     assert drain(sub) == []
     store.flush()
+    assert pending == [2]
     assert positions(drain(sub)) == [(run_id, 1), (run_id, 2)]
 
 

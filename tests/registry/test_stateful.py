@@ -13,6 +13,9 @@ Invariants, after every step:
   (or, when not recovered, from ``first_available``), none skipped or repeated, across runs,
   until it lagged (at the last position it delivered, and only when the next event was
   really gone from memory) or was closed;
+- a listening subscription whose listener was not called since it last pulled ``[]`` has
+  nothing to pull (so a writer that pulls only when told misses nothing), and one whose
+  ``ready()`` is false has nothing to pull either;
 - is_processing, list_runs, the queues and the counters agree with the log;
 - a run leaves memory only once completed for the TTL and durable in the store.
 """
@@ -50,18 +53,28 @@ ID_KEYS = ("session_id", "sessionId", "actual_session_id", "provider_session_id"
 KINDS = ("text", "text_delta", "status", "error", "tool_use", "session_created", "complete")
 TTL = 10.0
 QUEUE_LIMIT = 2
+# How a subscriber reads: everything after every step; only when a rule says so; or,
+# after every step, only if its listener was called since it last pulled nothing.
+PACES = ("fast", "slow", "listening")
 
 
 class Tracked:
     """A subscription under test and what it has delivered."""
 
-    def __init__(self, sub: Subscription, session_id: str, anchor: int, slow: bool) -> None:
+    def __init__(self, sub: Subscription, session_id: str, anchor: int, pace: str) -> None:
         self.sub = sub
         self.session_id = session_id
         self.anchor = anchor  # index in the session's log of the first event it owes
-        self.slow = slow
+        self.pace = pace
+        self.slow = pace == "slow"
+        self.told = False
+        if pace == "listening":
+            sub.listen(self.hear)
         self.start_position = sub.position
         self.delivered: list[Event] = []
+
+    def hear(self) -> None:
+        self.told = True
 
 
 def pos(event: Event) -> tuple[str, int]:
@@ -108,12 +121,12 @@ class RegistryMachine(RuleBasedStateMachine):
     @initialize(
         buffer_size=st.integers(min_value=4, max_value=8),
         texts=st.integers(min_value=0, max_value=10),
-        watchers=st.lists(st.booleans(), max_size=2),
+        watchers=st.lists(st.sampled_from(PACES), max_size=2),
         replay_page=st.sampled_from((1, 2, 3, REPLAY_PAGE)),
     )
-    def begin(self, buffer_size: int, texts: int, watchers: list[bool], replay_page: int) -> None:
+    def begin(self, buffer_size: int, texts: int, watchers: list[str], replay_page: int) -> None:
         """A registry with a run going in s1 (so that most examples have one) and possibly
-        subscribers (fast or slow) that watch s1 from its very start. A small
+        subscribers (of any pace) that watch s1 from its very start. A small
         ``replay_page`` makes most replays from the store come in pages."""
         self.reg = MemoryRegistry(
             store=self.store,
@@ -123,8 +136,8 @@ class RegistryMachine(RuleBasedStateMachine):
             queue_limit=QUEUE_LIMIT,
             replay_page=replay_page,
         )
-        for slow in watchers:
-            self.add_sub("s1", None, 0, slow)
+        for pace in watchers:
+            self.add_sub("s1", None, 0, pace)
         self.start("s1", "reject", None)
         self.publish_many("s1", texts, None)
 
@@ -315,9 +328,9 @@ class RegistryMachine(RuleBasedStateMachine):
         session_id=st.sampled_from(SESSIONS),
         which=st.integers(min_value=-2, max_value=8),
         extra=st.integers(min_value=0, max_value=10),
-        slow=st.booleans(),
+        pace=st.sampled_from(PACES),
     )
-    def subscribe(self, session_id: str, which: int, extra: int, slow: bool) -> None:
+    def subscribe(self, session_id: str, which: int, extra: int, pace: str) -> None:
         runs = self.session_runs[session_id]
         run_id: str | None
         if which == -2 or not runs:
@@ -330,9 +343,9 @@ class RegistryMachine(RuleBasedStateMachine):
             run_id = runs[which % len(runs)]
             last = self.last_seq_of(run_id)
         after_seq = min(extra, last + 1)
-        self.add_sub(session_id, run_id, after_seq, slow)
+        self.add_sub(session_id, run_id, after_seq, pace)
 
-    def add_sub(self, session_id: str, run_id: str | None, after_seq: int, slow: bool) -> None:
+    def add_sub(self, session_id: str, run_id: str | None, after_seq: int, pace: str) -> None:
         sub = self.runner.run(
             self.reg.subscribe(
                 session_id, owner=OWNERS[session_id], run_id=run_id, after_seq=after_seq
@@ -365,9 +378,9 @@ class RegistryMachine(RuleBasedStateMachine):
                 anchor = len(events)
             else:
                 anchor = [pos(e) for e in events].index((first.run_id, first.seq))
-        tracked = Tracked(sub, session_id, anchor, slow)
+        tracked = Tracked(sub, session_id, anchor, pace)
         self.subs.append(tracked)
-        if not slow:
+        if not tracked.slow:
             # Nothing was published since it subscribed: it has no reason to lag, but for
             # the end of a replay's page (and then it subscribed again, from there).
             self.pull(tracked)
@@ -390,12 +403,15 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def pull(self, tracked: Tracked, limit: int | None = None) -> None:
         events = self.session_log(tracked.session_id)
+        drained = False  # ready() said nothing is left
         while True:
             try:
                 batch = tracked.sub.pull(limit)
             except Lagged as lag:
+                assert not drained, "lagged after ready() said nothing was left"
                 self.lagged(tracked, lag, events)
                 return
+            assert not (drained and batch), "events after ready() said nothing was left"
             if not batch:
                 if limit is None:
                     # Pulled dry: it has delivered every event of the log that it owes.
@@ -410,6 +426,7 @@ class RegistryMachine(RuleBasedStateMachine):
             tracked.delivered += batch
             if limit is not None:
                 return
+            drained = not tracked.sub.ready()
 
     def lagged(self, tracked: Tracked, lag: Lagged, events: list[Event]) -> None:
         event("lagged")
@@ -435,7 +452,7 @@ class RegistryMachine(RuleBasedStateMachine):
         if lag.run_id is not None:
             # What a client does next: resubscribe from the position it was given.
             event("resubscribed after lagged")
-            self.add_sub(tracked.session_id, lag.run_id, lag.last_seq, tracked.slow)
+            self.add_sub(tracked.session_id, lag.run_id, lag.last_seq, tracked.pace)
             if self.with_store:
                 assert self.subs[-1].sub.info.recovered  # type: ignore[union-attr]
 
@@ -469,8 +486,14 @@ class RegistryMachine(RuleBasedStateMachine):
     @invariant()
     def subscriptions_deliver_the_log(self) -> None:
         for tracked in list(self.subs):
-            if not tracked.slow:
+            if tracked.pace == "fast":
                 self.pull(tracked)
+            elif tracked.pace == "listening":
+                if tracked.told:
+                    tracked.told = False  # before the pull: a call during it counts again
+                    self.pull(tracked)
+                else:
+                    assert tracked.sub.pull() == [], "something to pull, and nobody was told"
 
     @invariant()
     def queries_agree_with_the_log(self) -> None:

@@ -248,6 +248,28 @@ async def test_arm_wakes_once_per_change(reg: MemoryRegistry) -> None:
     assert kinds(drain(sub)) == ["text", "text"]
 
 
+async def test_a_listener_hears_every_change_until_the_subscription_closes(
+    reg: MemoryRegistry,
+) -> None:
+    await reg.start("s1", owner="alice", content="hi")
+    sub = await reg.subscribe("s1", owner="alice")
+    first: list[int] = []
+    calls: list[int] = []
+    sub.listen(lambda: first.append(1))
+    sub.listen(lambda: calls.append(sub.pending()))  # replaces the first
+    publish_texts(reg, "s1", 2)
+    assert first == []
+    assert calls == [2, 3], "told at each change, pulled or not"
+    drain(sub)
+    sub.close()
+    assert calls == [2, 3, 0], "and once when it closes"
+    publish_texts(reg, "s1", 1)
+    assert calls == [2, 3, 0]
+    late: list[int] = []
+    sub.listen(lambda: late.append(1))
+    assert late == [1], "a closed subscription says so at once"
+
+
 async def test_a_subscription_keeps_a_completed_session_visible(reg: MemoryRegistry) -> None:
     run_id = await run_once(reg, "s1")
     sub = await reg.subscribe("s1", owner="alice", run_id=run_id)
