@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import httpx
@@ -59,7 +61,7 @@ class Frame(msgspec.Struct):
 
 
 class EventFrame(msgspec.Struct, tag_field="type", tag="event", gc=False):
-    """The fields of an ``event`` frame that :func:`stretch_of` reads."""
+    """The fields of an ``event`` frame that :func:`stretches_of` reads."""
 
     run_id: str
     seq: int
@@ -116,9 +118,8 @@ async def run_server(directory: str, *flags: str) -> AsyncIterator[Server]:
 
 
 class Stretch(NamedTuple):
-    """A message that is the next stretch of one run's events (nearly every message of a
-    stream): seqs ``first`` to ``first + length - 1`` of ``run_id`` in order, with no
-    ``complete`` among them."""
+    """The next stretch of one run's events: seqs ``first`` to ``first + length - 1`` of
+    ``run_id`` in order, with no ``complete`` among them."""
 
     run_id: str
     first: int
@@ -126,8 +127,14 @@ class Stretch(NamedTuple):
     ts: list[int]
 
 
-def stretch_of(message: bytes) -> Stretch | None:
-    """``message`` read as a :class:`Stretch`; ``None`` for any other message."""
+Stretched = tuple[Stretch, ...]
+"""A message of events only, read as one stretch per run (nearly every message of a
+stream: a batch holds each subscription's events in a row)."""
+
+
+def stretches_of(message: bytes) -> Stretched | None:
+    """``message`` read as stretches; ``None`` for any other message (with anything but
+    events, a ``complete``, a run's seqs not consecutive, or a run in two places)."""
     try:
         events = _decode_events(message)
     except msgspec.ValidationError:
@@ -136,17 +143,19 @@ def stretch_of(message: bytes) -> Stretch | None:
         # One event alone (every message of an unbatched stream): no lists to build.
         if events.kind == "complete":
             return None
-        return Stretch(events.run_id, events.seq, 1, [events.ts])
-    if not events:
+        return (Stretch(events.run_id, events.seq, 1, [events.ts]),)
+    stretches: list[Stretch] = []
+    for run_id, group in itertools.groupby(events, key=attrgetter("run_id")):
+        run = list(group)
+        first, count = run[0].seq, len(run)
+        if [e.seq for e in run] != list(range(first, first + count)) or "complete" in [
+            e.kind for e in run
+        ]:
+            return None
+        stretches.append(Stretch(run_id, first, count, [e.ts for e in run]))
+    if not stretches or len({s.run_id for s in stretches}) < len(stretches):
         return None
-    run_id, first, count = events[0].run_id, events[0].seq, len(events)
-    if (
-        [e.seq for e in events] != list(range(first, first + count))
-        or [e.run_id for e in events].count(run_id) != count
-        or "complete" in [e.kind for e in events]
-    ):
-        return None
-    return Stretch(run_id, first, count, [e.ts for e in events])
+    return tuple(stretches)
 
 
 class Stretches:
@@ -162,20 +171,20 @@ class Stretches:
     def __init__(self, limit_bytes: int = 32 * 2**20) -> None:
         self._limit = limit_bytes
         self._bytes = 0
-        self._read: dict[bytes, Stretch | None] = {}
+        self._read: dict[bytes, Stretched | None] = {}
 
-    def get(self, message: bytes) -> Stretch | None:
+    def get(self, message: bytes) -> Stretched | None:
         read = self._read
         if message in read:
             return read[message]
-        stretch = stretch_of(message)
+        stretched = stretches_of(message)
         if self._bytes + len(message) > self._limit:
             # Subscribers move on together: what they read long ago will not come again.
             read.clear()
             self._bytes = 0
-        read[message] = stretch
+        read[message] = stretched
         self._bytes += len(message)
-        return stretch
+        return stretched
 
 
 @dataclass
@@ -210,8 +219,8 @@ class Subscriber:
             # Bytes: the decoder reads UTF-8 itself, so the text is not decoded twice.
             message = await self.ws.recv(decode=False)
             received_ms = time.time() * 1000
-            stretch = stretch_of(message) if stretches is None else stretches.get(message)
-            if stretch is not None and self.take_stretch(stretch, received_ms):
+            stretched = stretches_of(message) if stretches is None else stretches.get(message)
+            if stretched is not None and self.take(stretched, received_ms):
                 continue
             # Anything else is checked frame by frame.
             decoded = _decode(message)
@@ -239,18 +248,22 @@ class Subscriber:
                 elif frame.type == "error":
                     raise AssertionError(f"error frame: {message!r}")
 
-    def take_stretch(self, stretch: Stretch, received_ms: float) -> bool:
-        """Count a stretch in bulk if it starts where this subscriber is, so that the
-        client's checking costs the shared machine less; returns ``False``, having taken
-        nothing, otherwise (the message is then checked frame by frame)."""
-        if stretch.first != self.next_seq.get(stretch.run_id, 1):
+    def take(self, stretches: Stretched, received_ms: float) -> bool:
+        """Count a message's stretches in bulk if each starts where this subscriber is in
+        its run, so that the client's checking costs the shared machine less; returns
+        ``False``, having taken nothing, otherwise (the message is then checked frame by
+        frame)."""
+        next_seq = self.next_seq
+        if any(stretch.first != next_seq.get(stretch.run_id, 1) for stretch in stretches):
             return False
-        self.next_seq[stretch.run_id] = stretch.first + stretch.length
         if self.events == 0:
             self.first_at = time.perf_counter()
-        self.events += stretch.length
-        if self.latencies is not None:
-            self.latencies.extend([received_ms - ts for ts in stretch.ts])
+        latencies = self.latencies
+        for run_id, first, length, ts in stretches:
+            next_seq[run_id] = first + length
+            self.events += length
+            if latencies is not None:
+                latencies.extend([received_ms - t for t in ts])
         return True
 
 

@@ -54,13 +54,14 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
             [ev("a", 1), ev("a", 2), ev("a", 3)],  # a stretch: checked in bulk
             ev("a", 4),  # a single frame
             [ev("a", 5), ev("b", 1), {"type": "pong"}, ev("b", 2)],  # two runs and a reply
-            [ev("a", 6, "complete"), ev("b", 3)],
-            [ev("b", 4), ev("b", 5, "complete")],
+            [ev("a", 6), ev("a", 7), ev("b", 3)],  # two runs' stretches: in bulk
+            [ev("a", 8, "complete"), ev("b", 4)],
+            [ev("b", 5), ev("b", 6, "complete")],
         ],
         runs=2,
     )
-    assert sub.events == 11
-    assert sub.next_seq == {"a": 7, "b": 6}
+    assert sub.events == 14
+    assert sub.next_seq == {"a": 9, "b": 7}
     assert sub.completes == 2
 
 
@@ -73,6 +74,8 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
         [[ev("a", 1), ev("a", 2)], ev("a", 4)],  # a gap before a single frame
         [[ev("a", 1), ev("b", 2)]],  # consecutive seqs, but of two runs
         [[ev("a", 1), ev("b", 1), ev("a", 3)]],  # a gap among two runs' events
+        [[ev("a", 1), ev("a", 2), ev("b", 2)]],  # one of two runs' stretches starts late
+        [[ev("a", 1), ev("b", 1)], [ev("a", 2), ev("b", 1)]],  # a duplicate in one run
         [[ev("a", 1), {"type": "pong"}, ev("a", 3)]],  # a gap around a reply
     ],
 )
