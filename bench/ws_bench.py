@@ -158,8 +158,24 @@ def stretches_of(message: bytes) -> Stretched | None:
     return tuple(stretches)
 
 
-class Stretches:
-    """The messages of one measurement read as stretches, shared by its subscribers.
+Reading = Stretched | list[Frame]
+"""A message as a subscriber checks it: in bulk as stretches when it is, else frame by
+frame."""
+
+
+def read(message: bytes) -> Reading:
+    """``message`` as stretches when it is, else as its frames."""
+    stretched = stretches_of(message)
+    return read_frames(message) if stretched is None else stretched
+
+
+def read_frames(message: bytes) -> list[Frame]:
+    decoded = _decode(message)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+class Readings:
+    """The messages of one measurement as read once, shared by its subscribers.
 
     The server sends every subscriber of a run the same messages (the same events, woken
     by the same commit), and all the subscribers live in this one process, on the machine
@@ -171,26 +187,26 @@ class Stretches:
     def __init__(self, limit_bytes: int = 32 * 2**20) -> None:
         self._limit = limit_bytes
         self._bytes = 0
-        self._read: dict[bytes, Stretched | None] = {}
+        self._read: dict[bytes, Reading] = {}
 
-    def get(self, message: bytes) -> Stretched | None:
-        read = self._read
-        if message in read:
-            return read[message]
-        stretched = stretches_of(message)
+    def get(self, message: bytes) -> Reading:
+        known = self._read.get(message)
+        if known is not None:
+            return known
+        reading = read(message)
         if self._bytes + len(message) > self._limit:
             # Subscribers move on together: what they read long ago will not come again.
-            read.clear()
+            self._read.clear()
             self._bytes = 0
-        read[message] = stretched
+        self._read[message] = reading
         self._bytes += len(message)
-        return stretched
+        return reading
 
 
 @dataclass
 class Subscriber:
     """One connection following ``runs`` runs; checks every event and resubscribes after
-    ``lagged`` (losing nothing). Subscribers given one :class:`Stretches` share their
+    ``lagged`` (losing nothing). Subscribers given one :class:`Readings` share their
     reading of messages that are alike."""
 
     ws: ClientConnection
@@ -202,7 +218,7 @@ class Subscriber:
     first_at: float = 0.0
     done_at: float = 0.0
     latencies: list[float] | None = None
-    stretches: Stretches | None = None
+    readings: Readings | None = None
 
     async def subscribe(self, session_id: str, run_id: str | None = None, after: int = 0) -> None:
         frame: dict[str, Any] = {"type": "subscribe", "session_id": session_id}
@@ -214,17 +230,18 @@ class Subscriber:
         """Read until ``runs`` runs completed."""
         latencies = self.latencies
         next_seq = self.next_seq
-        stretches = self.stretches
+        readings = self.readings
         while True:
             # Bytes: the decoder reads UTF-8 itself, so the text is not decoded twice.
             message = await self.ws.recv(decode=False)
             received_ms = time.time() * 1000
-            stretched = stretches_of(message) if stretches is None else stretches.get(message)
-            if stretched is not None and self.take(stretched, received_ms):
-                continue
+            reading = read(message) if readings is None else readings.get(message)
+            if isinstance(reading, tuple):
+                if self.take(reading, received_ms):
+                    continue
+                reading = read_frames(message)
             # Anything else is checked frame by frame.
-            decoded = _decode(message)
-            for frame in decoded if isinstance(decoded, list) else [decoded]:
+            for frame in reading:
                 if frame.type == "event":
                     run_id = frame.run_id or ""
                     expected = next_seq.get(run_id, 1)
@@ -360,9 +377,9 @@ async def follow_runs(
     session_ids = [await new_session(servers[0]) for _ in range(sessions)]
     sockets = await open_spread(servers, subscribers, batch=batch)
     # One subscriber has nobody to share its reading with.
-    stretches = Stretches() if subscribers > 1 else None
+    readings = Readings() if subscribers > 1 else None
     subs = [
-        Subscriber(ws, runs=sessions, latencies=[] if latencies else None, stretches=stretches)
+        Subscriber(ws, runs=sessions, latencies=[] if latencies else None, readings=readings)
         for ws in sockets
     ]
     for sub in subs:
@@ -545,8 +562,8 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     assert ack.run_id is not None
     started = time.perf_counter()
     sockets = await open_clients(server, clients, batch=True)
-    stretches = Stretches()
-    storm = [Subscriber(ws, stretches=stretches) for ws in sockets]
+    readings = Readings()
+    storm = [Subscriber(ws, readings=readings) for ws in sockets]
 
     async def one(sub: Subscriber) -> None:
         await sub.subscribe(session_id, ack.run_id, 0)

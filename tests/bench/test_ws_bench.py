@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bench.ws_bench import (
+    Readings,
     Server,
-    Stretches,
     Subscriber,
     cpu_seconds,
     median_of,
@@ -41,9 +41,9 @@ class Messages:
 
 
 async def consume(
-    messages: list[Any], runs: int = 1, stretches: Stretches | None = None
+    messages: list[Any], runs: int = 1, readings: Readings | None = None
 ) -> Subscriber:
-    sub = Subscriber(Messages(messages), runs=runs, stretches=stretches)  # type: ignore[arg-type]
+    sub = Subscriber(Messages(messages), runs=runs, readings=readings)  # type: ignore[arg-type]
     await sub.consume()
     return sub
 
@@ -81,29 +81,29 @@ async def test_stretches_single_frames_and_two_runs_are_all_counted() -> None:
 )
 @pytest.mark.parametrize("shared", [False, True])
 async def test_a_gap_a_duplicate_or_a_wrong_start_fails(messages: list[Any], shared: bool) -> None:
-    stretches = Stretches() if shared else None
+    readings = Readings() if shared else None
     with pytest.raises(AssertionError, match="expected seq"):
-        await consume(messages, stretches=stretches)
+        await consume(messages, readings=readings)
 
 
 async def test_subscribers_sharing_their_reading_each_check_their_own_position() -> None:
-    stretches = Stretches()
+    readings = Readings()
     messages = [[ev("a", 1), ev("a", 2)], [ev("a", 3), ev("a", 4)], [ev("a", 5, "complete")]]
     for _ in range(3):
-        sub = await consume(messages, stretches=stretches)
+        sub = await consume(messages, readings=readings)
         assert (sub.events, sub.next_seq, sub.completes) == (5, {"a": 6}, 1)
     # The same stretch again, already read, is still a duplicate for this subscriber.
     with pytest.raises(AssertionError, match="expected seq"):
-        await consume([*messages[:2], messages[1], messages[2]], stretches=stretches)
+        await consume([*messages[:2], messages[1], messages[2]], readings=readings)
 
 
 async def test_shared_reading_is_forgotten_past_its_size_limit() -> None:
-    stretches = Stretches(limit_bytes=200)
+    readings = Readings(limit_bytes=200)
     messages = [[ev("a", 1), ev("a", 2)], [ev("a", 3), ev("a", 4)], [ev("a", 5, "complete")]]
     for _ in range(2):
-        sub = await consume(messages, stretches=stretches)
+        sub = await consume(messages, readings=readings)
         assert sub.events == 5
-    assert stretches._bytes <= 200
+    assert readings._bytes <= 200
 
 
 def test_cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() -> None:
