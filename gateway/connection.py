@@ -211,7 +211,7 @@ class Connection:
                 # Closed elsewhere (the session was deleted): nothing more will come.
                 self._remove(sub)
             else:
-                ready.pop(sub, None)  # until its listener hears of a change
+                del ready[sub]  # until its listener hears of a change
         self._stats.delivered += delivered
 
     def _remove(self, sub: Subscription) -> None:
