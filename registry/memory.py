@@ -414,7 +414,7 @@ class MemoryRegistry:
         self._store.append_many(events)
         self.stats.published += len(events)
         state = run.session
-        if state.watched and events[0].seq <= run.durable:
+        if (state.waiters or state.listeners) and events[0].seq <= run.durable:
             state.wake()
 
     def _append(
@@ -427,7 +427,7 @@ class MemoryRegistry:
         run.buffer.append(event)
         self._store.append(event)
         self.stats.published += 1
-        if state.watched and event.seq <= run.durable:
+        if (state.waiters or state.listeners) and event.seq <= run.durable:
             # Not before it is durable: a wake-up for an undeliverable event is wasted.
             state.wake()
         return event
@@ -454,8 +454,9 @@ class MemoryRegistry:
         run = self._runs.get(run_id)
         if run is not None and seq > run.durable:
             run.durable = seq
-            if run.session.watched:
-                run.session.wake()
+            state = run.session
+            if state.waiters or state.listeners:
+                state.wake()
             if run.pacing is not None and seq >= run.pacing[0]:
                 run.pacing[1].set()
 

@@ -88,11 +88,6 @@ class SessionState:
     def latest(self) -> Run | None:
         return self.runs[-1] if self.runs else None
 
-    @property
-    def watched(self) -> bool:
-        """Whether a change has anyone to tell."""
-        return bool(self.waiters or self.listeners)
-
     def wake(self) -> None:
         """Tell every armed subscription (once) and every listening one that something
         changed."""
