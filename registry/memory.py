@@ -454,9 +454,7 @@ class MemoryRegistry:
         run = self._runs.get(run_id)
         if run is not None and seq > run.durable:
             run.durable = seq
-            state = run.session
-            if state.waiters or state.listeners:
-                state.wake()
+            run.session.wake()
             if run.pacing is not None and seq >= run.pacing[0]:
                 run.pacing[1].set()
 
