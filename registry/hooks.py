@@ -12,6 +12,10 @@ from typing import Protocol
 
 from .events import Event, Position, RunSummary
 
+OnDurable = Callable[[str, int], bool | None]
+"""``callback(run_id, seq)``, called after a commit made ``run_id``'s events up to ``seq``
+durable. It returns whether that woke anyone waiting for them (``None``: nobody)."""
+
 
 class Persistence(Protocol):
     """The store as the registry sees it. Implemented by :class:`registry.store.SQLiteStore`
@@ -41,11 +45,14 @@ class Persistence(Protocol):
     def durable_seq(self, run_id: str) -> int:
         """The highest seq of ``run_id`` known to be on disk (0 for none)."""
 
-    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+    def watch_durable(self, callback: OnDurable) -> bool:
         """Arrange for ``callback(run_id, seq)`` after each commit that makes a run's events
         up to ``seq`` durable. Returns whether it will: a registry whose store does, delivers
         an event only once it is on disk, so a client never holds an event that a crash
         could lose (and a restarted run's ``complete`` never reuses a seq a client saw).
+
+        When the callback says it woke someone, the store may give them time to be served
+        before its next commit (the SQLite and PostgreSQL stores wait their flush delay).
         """
 
     def urge(self) -> None:
@@ -100,7 +107,7 @@ class NullPersistence:
         # Nothing will ever be on disk, so nothing is waited for: eviction goes by TTL alone.
         return 1 << 62
 
-    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+    def watch_durable(self, callback: OnDurable) -> bool:
         return False
 
     def urge(self) -> None:

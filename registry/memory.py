@@ -449,14 +449,19 @@ class MemoryRegistry:
         finally:
             run.pacing = None
 
-    def _on_durable(self, run_id: str, seq: int) -> None:
-        """The store committed ``run_id`` up to ``seq``: let subscribers have those events."""
+    def _on_durable(self, run_id: str, seq: int) -> bool:
+        """The store committed ``run_id`` up to ``seq``: let subscribers have those events.
+        Returns whether anyone was told."""
         run = self._runs.get(run_id)
-        if run is not None and seq > run.durable:
-            run.durable = seq
-            run.session.wake()
-            if run.pacing is not None and seq >= run.pacing[0]:
-                run.pacing[1].set()
+        if run is None or seq <= run.durable:
+            return False
+        run.durable = seq
+        session = run.session
+        woke = bool(session.waiters or session.listeners)
+        session.wake()
+        if run.pacing is not None and seq >= run.pacing[0]:
+            run.pacing[1].set()
+        return woke
 
     def record_provider_session(self, session_id: str, provider_session_id: str) -> bool:
         """Record the provider-native id on the session's running (or latest) run."""

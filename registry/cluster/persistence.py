@@ -14,6 +14,7 @@ from collections.abc import Callable
 import anyio
 
 from ..events import Event, Position, RunSummary
+from ..hooks import OnDurable
 from ..run import ALL_DURABLE
 from ..store.base import Store
 
@@ -33,7 +34,7 @@ class OwnedPersistence:
         # run_id -> whether its end finds the session unwatched on every process (decided
         # in Redis where the run ended, carried with its ``complete``).
         self.unread: dict[str, bool] = {}
-        self._release: Callable[[str, int], None] | None = None
+        self._release: OnDurable | None = None
 
     def run_started(
         self, run: RunSummary, *, client_msg_id: str | None, ord: int | None = None
@@ -62,7 +63,7 @@ class OwnedPersistence:
         # Another process's run is that process's to write: nothing to wait for here.
         return self.store.durable_seq(run_id) if run_id in self.owned else ALL_DURABLE
 
-    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+    def watch_durable(self, callback: OnDurable) -> bool:
         self._release = callback
         return True
 

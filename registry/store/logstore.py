@@ -31,6 +31,7 @@ from ..events import (
     Turn,
     read_stored,
 )
+from ..hooks import OnDurable
 from ..ids import new_session_id
 from .digest import Digest, DigestCache, Limits
 from .errors import StoreError
@@ -288,7 +289,7 @@ class LogStore(ABC):
         """Write what is queued now rather than after the batching delay."""
         self._writer.urge()
 
-    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+    def watch_durable(self, callback: OnDurable) -> bool:
         """Report each commit to ``callback(run_id, seq)``; the registry then delivers
         events only once they are on disk."""
         self._writer.on_durable = callback

@@ -8,6 +8,12 @@ when its oldest operation has waited ``flush_delay``, or at once when someone wa
 ``max_batch`` operations in one commit (by default eight batches' worth), so a backlog
 drains faster than it built up.
 
+A commit that woke subscribers (see ``on_durable``) is followed by ``flush_delay`` before the
+next, however long its queue waited: their delivery runs on the writer's event loop. When
+that loop is busy, a commit's end is seen late, and without the pause the next commit would
+start at once, its wake-ups queue behind the deliveries still running, and a round of
+deliveries would follow every commit of a few events, keeping the loop saturated.
+
 Operations keep their order: a batch writes its new runs, then its events, then provider
 ids and run endings, all in one transaction, so a run row is always there before its
 events and its end is never committed without them. Session changes (:class:`Call`) run
@@ -34,6 +40,7 @@ import anyio
 import msgspec
 
 from ..events import UNENCODABLE, Event, stand_in
+from ..hooks import OnDurable
 from .errors import StoreError
 from .records import StoreStats
 from .sql import Tx
@@ -360,6 +367,8 @@ class Writer:
         self._busy = False
         # time.monotonic() by which the oldest queued operation had arrived.
         self._since = 0.0
+        # time.monotonic() when the last commit that woke subscribers ended.
+        self._woke = 0.0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._queued_events = 0
@@ -383,7 +392,7 @@ class Writer:
         # Set to cut a retry's backoff short.
         self._retry_now = anyio.Event()
         # Told (run_id, seq) after each commit that made a run durable up to seq.
-        self.on_durable: Callable[[str, int], None] | None = None
+        self.on_durable: OnDurable | None = None
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -532,7 +541,7 @@ class Writer:
                     await self._signal.wait()
                     continue
                 if not (self._urgent or self._closing or len(self._queue) >= self._batch_size):
-                    delay = self._since + self._flush_delay - time.monotonic()
+                    delay = max(self._since, self._woke) + self._flush_delay - time.monotonic()
                     if delay > 0:
                         self._signal = anyio.Event()
                         with anyio.move_on_after(delay):
@@ -736,11 +745,14 @@ class Writer:
         callback = self.on_durable
         if callback is None:
             return
+        woke = False
         for run_id, seq in committed.items():
             try:
-                callback(run_id, seq)
+                woke = bool(callback(run_id, seq)) or woke
             except Exception:
                 log.exception("the durable callback failed for run %s", run_id)
+        if woke:
+            self._woke = time.monotonic()
 
     async def _run_call(self, call: Call) -> None:
         backend = self._backend

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -10,6 +9,7 @@ import pytest
 from hypothesis import strategies as st
 
 from registry import Event, MemoryRegistry, NullPersistence, Position, RunSummary, Subscription
+from registry.hooks import OnDurable
 
 
 class Recorder(NullPersistence):
@@ -50,7 +50,7 @@ class FakeStore:
         # With ``gating``, the registry delivers only what flush() has made durable.
         self.gating = False
         self.urged = 0
-        self.on_durable: Callable[[str, int], None] | None = None
+        self.on_durable: OnDurable | None = None
 
     # Write side ----------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ class FakeStore:
             return self.appended_seq(run_id)
         return self.durable.get(run_id, 0)
 
-    def watch_durable(self, callback: Callable[[str, int], None]) -> bool:
+    def watch_durable(self, callback: OnDurable) -> bool:
         self.on_durable = callback
         return self.gating
 

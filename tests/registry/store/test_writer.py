@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -17,9 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry import Event, MemoryRegistry, RunNotice, RunSummary
-from registry.store import SQLiteStore, Store
-from registry.store.sqlite_writer import ROW_STEP, ROWS_PER_STATEMENT, statement_sizes
+from registry.store import SQLiteStore, Store, writer
+from registry.store.sqlite_writer import (
+    ROW_STEP,
+    ROWS_PER_STATEMENT,
+    SQLiteBackend,
+    statement_sizes,
+)
 from registry.store.stretch import unpack
+from registry.store.writer import Plan
 
 from ..fakes import NOT_JSON
 from .conftest import Backend, SQLiteFile, started, stored_events, until
@@ -89,6 +96,48 @@ async def test_a_partial_batch_is_written_after_the_short_delay(backend: Backend
         assert len(await backend.events(run_id)) == 2
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["subscribed", "unwatched"])
+async def test_a_commit_that_woke_subscribers_is_followed_by_the_delay(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, watched: bool
+) -> None:
+    # Time as the writer sees it (its delay's timer still runs on real time).
+    now = [1000.0]
+    monkeypatch.setattr(writer, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    began: list[int] = []
+    release = anyio.Event()
+    commit = SQLiteBackend.commit
+
+    async def slow_commit(self: SQLiteBackend, plan: Plan) -> None:
+        began.append(len(plan.ops))
+        await release.wait()
+        await commit(self, plan)
+
+    monkeypatch.setattr(SQLiteBackend, "commit", slow_commit)
+    store = await SQLiteStore.open(str(db_path), flush_delay=10, batch_size=2)
+    sid = (await store.create_session(owner="ann", provider="echo")).session_id
+    registry = MemoryRegistry(store=store)
+    if watched:
+        sub = await registry.subscribe(sid, owner="ann")
+        sub.listen(lambda: None)
+    run_id = (await registry.start(sid, owner="ann", content="hello")).run_id
+    await until(lambda: began == [2])  # run start + user_message: a full batch
+    now[0] += 20  # the commit takes twice the delay...
+    registry.publish(sid, "text_delta", {"text": "a"})  # ...while an event arrives
+    release.set()
+    await until(lambda: store.stats.flushes >= 1)
+    if watched:
+        # The delay counts from the end of the commit that woke the subscriber: the event
+        # waits, though it has waited twice the delay already.
+        assert began == [2]
+        assert store.durable_seq(run_id) == 1
+        await store.flush()
+    else:
+        # Nobody to serve: the event had waited its delay, so it is written at once.
+        assert began == [2, 1]
+    await until(lambda: store.durable_seq(run_id) == 2)
+    assert began == [2, 1]
 
 
 async def test_complete_is_written_at_once(backend: Backend) -> None:
