@@ -6,12 +6,14 @@ provider, default settings) and drives it from this process over loopback with t
 event of every run it follows exactly once and in order; the subscribers of one
 measurement read each distinct message once between them (the server sends them the same
 ones) and each checks it against its own position, so that this one process does not
-bound what is measured. Prints one JSON object per line:
-``{"name", "value", "unit", ...details}``. Each throughput figure is the median of three
-runs (``values`` lists all three) and gives the CPU seconds the server and this client used
-while it was measured (``server_cpu_s``, ``client_cpu_s``): both share one machine, so a
-figure that falls short with the two adding up to every core was bound by the machine
-rather than by waiting.
+bound what is measured. This process's garbage collector pauses while a measurement runs,
+as ``timeit``'s does: its pauses would count as the server's latency.
+
+Prints one JSON object per line: ``{"name", "value", "unit", ...details}``. Each
+throughput figure is the median of three runs (``values`` lists all three) and gives the
+CPU seconds the server and this client used while it was measured (``server_cpu_s``,
+``client_cpu_s``): both share one machine, so a figure that falls short with the two
+adding up to every core was bound by the machine rather than by waiting.
 
     .venv/bin/python -m bench.ws_bench [--quick]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -28,8 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -392,13 +395,14 @@ async def follow_runs(
     ]
     server_cpu, client_cpu = servers_cpu_seconds(servers), time.process_time()
     started = time.perf_counter()
-    for index, session_id in enumerate(session_ids):
-        options = echo(chunks, delay_ms)
-        await request(
-            controls[index % len(controls)],
-            {"type": "send", "session_id": session_id, "content": "go", "options": options},
-        )
-    await asyncio.gather(*readers)
+    with collector_paused():
+        for index, session_id in enumerate(session_ids):
+            options = echo(chunks, delay_ms)
+            await request(
+                controls[index % len(controls)],
+                {"type": "send", "session_id": session_id, "content": "go", "options": options},
+            )
+        await asyncio.gather(*readers)
     elapsed = max(sub.done_at for sub in subs) - started
     client_cpu = time.process_time() - client_cpu
     server_end = servers_cpu_seconds(servers)
@@ -407,6 +411,23 @@ async def follow_runs(
         assert sub.events == sessions * (chunks + 3), "every subscriber gets every event"
     await close_all([*sockets, *controls])
     return Followed(subs, elapsed, server_cpu, client_cpu)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """This process's cyclic garbage collector off while a measurement runs, as ``timeit``
+    does. Its collections of the client's live objects (every subscriber's state, the
+    readings they share) took 20-200 ms here in the middle of a run: every subscriber would
+    count that pause of the client as latency of the server. The server collects as usual.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
 
 
 def servers_cpu_seconds(servers: Sequence[Server]) -> float | None:
@@ -561,15 +582,16 @@ async def reconnect_storm(server: Server, *, clients: int, events: int) -> dict[
     await watcher.consume()
     assert ack.run_id is not None
     started = time.perf_counter()
-    sockets = await open_clients(server, clients, batch=True)
-    readings = Readings()
-    storm = [Subscriber(ws, readings=readings) for ws in sockets]
+    with collector_paused():
+        sockets = await open_clients(server, clients, batch=True)
+        readings = Readings()
+        storm = [Subscriber(ws, readings=readings) for ws in sockets]
 
-    async def one(sub: Subscriber) -> None:
-        await sub.subscribe(session_id, ack.run_id, 0)
-        await sub.consume()
+        async def one(sub: Subscriber) -> None:
+            await sub.subscribe(session_id, ack.run_id, 0)
+            await sub.consume()
 
-    await asyncio.gather(*(one(sub) for sub in storm))
+        await asyncio.gather(*(one(sub) for sub in storm))
     elapsed = time.perf_counter() - started
     assert all(sub.events == events for sub in storm)
     await close_all([*sockets, control, watcher.ws])

@@ -1,10 +1,11 @@
 """The WebSocket benchmark's subscriber check: it counts every event once and in order,
 and a gap, a duplicate or an event out of order fails it, whether a message is checked
 in bulk or frame by frame, and whether subscribers share their reading of messages. Also
-how it reads the CPU time a server used."""
+how it reads the CPU time a server used, and that it pauses only its own collector."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from bench.ws_bench import (
     Readings,
     Server,
     Subscriber,
+    collector_paused,
     cpu_seconds,
     median_of,
     servers_cpu_seconds,
@@ -130,3 +132,18 @@ async def test_median_of_reports_the_middle_run_and_every_value() -> None:
         return {"value": value, "seconds": value * 10}
 
     assert await median_of(3, measure) == {"value": 5, "seconds": 50, "values": [5, 1, 9]}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_while_measuring_and_then_as_it_was(enabled: bool) -> None:
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() is enabled
+        with pytest.raises(KeyError), collector_paused():
+            raise KeyError("a measurement that fails")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
