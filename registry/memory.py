@@ -456,9 +456,7 @@ class MemoryRegistry:
         if run is None or seq <= run.durable:
             return False
         run.durable = seq
-        session = run.session
-        woke = bool(session.waiters or session.listeners)
-        session.wake()
+        woke = run.session.wake()
         if run.pacing is not None and seq >= run.pacing[0]:
             run.pacing[1].set()
         return woke

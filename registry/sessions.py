@@ -88,18 +88,20 @@ class SessionState:
     def latest(self) -> Run | None:
         return self.runs[-1] if self.runs else None
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
         """Tell every armed subscription (once) and every listening one that something
-        changed."""
-        waiters = self.waiters
+        changed; returns whether there was anyone to tell."""
+        waiters, listeners = self.waiters, self.listeners
+        told = bool(waiters or listeners)
         if waiters:
             self.waiters = []
             for callback in waiters:
                 callback()
-        if self.listeners:
+        if listeners:
             # A copy: a callback may close a subscription.
-            for callback in list(self.listeners.values()):
+            for callback in list(listeners.values()):
                 callback()
+        return told
 
     def idle(self) -> bool:
         """Nothing left worth keeping in memory."""
