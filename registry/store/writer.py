@@ -391,7 +391,8 @@ class Writer:
         self._impatient: set[Call | Barrier] = set()
         # Set to cut a retry's backoff short.
         self._retry_now = anyio.Event()
-        # Told (run_id, seq) after each commit that made a run durable up to seq.
+        # Told (run_id, seq) after each commit that made a run durable up to seq; it says
+        # whether that woke anyone, and then the next commit waits (see the module's doc).
         self.on_durable: OnDurable | None = None
 
     # Lifecycle -------------------------------------------------------------------------
