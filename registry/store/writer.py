@@ -9,10 +9,11 @@ when its oldest operation has waited ``flush_delay``, or at once when someone wa
 drains faster than it built up.
 
 A commit that woke subscribers (see ``on_durable``) is followed by ``flush_delay`` before the
-next, however long its queue waited: their delivery runs on the writer's event loop. When
-that loop is busy, a commit's end is seen late, and without the pause the next commit would
-start at once, its wake-ups queue behind the deliveries still running, and a round of
-deliveries would follow every commit of a few events, keeping the loop saturated.
+next, however long its queue waited (unless a full batch or a waiter is queued): their
+delivery runs on the writer's event loop. When that loop is busy, a commit's end is seen
+late, and without the pause the next commit would start at once, its wake-ups queue behind
+the deliveries still running, and a round of deliveries would follow every commit of a few
+events, keeping the loop saturated.
 
 Operations keep their order: a batch writes its new runs, then its events, then provider
 ids and run endings, all in one transaction, so a run row is always there before its
