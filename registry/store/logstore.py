@@ -134,6 +134,8 @@ class LogStore(ABC):
         self._writer = writer
         self._clock = clock
         self._next_ord = next_ord
+        # The last stamp _now() handed out, in ms.
+        self._last_stamp = 0
         self._closed = False
         self._close_done = anyio.Event()
         self._refused = 0
@@ -757,7 +759,12 @@ class LogStore(ABC):
         return first
 
     def _now(self) -> int:
-        return to_ms(self._clock.now())
+        """The clock in ms, but always after the stamp before: by 1 ms when the clock has
+        not moved on (as ``RunIds`` does for run ids). Sessions made in one millisecond, as
+        a script makes them, then still list newest first in the order they were made,
+        rather than in the order of their random ids."""
+        self._last_stamp = max(to_ms(self._clock.now()), self._last_stamp + 1)
+        return self._last_stamp
 
     def _check_open(self) -> None:
         if self._closed:

@@ -104,7 +104,7 @@ async def pages(store: Store, owner: str, limit: int) -> list[list[str]]:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    # Per session: ms after the one before (0: the same created_at), and whether a run
+    # Per session: ms after the one before (0: the clock stands still), and whether a run
     # then ends in it (so updated_at moves past created_at, and ties on it too).
     plan=st.lists(st.tuples(st.sampled_from([0, 0, 1, 2]), st.booleans()), max_size=12),
     limit=st.integers(1, 13),
@@ -129,6 +129,22 @@ async def test_pages_of_sessions_are_the_whole_list_cut_up(
         listed = await pages(store, owner, limit)
         assert list(itertools.chain.from_iterable(listed)) == whole
         assert all(len(page) == limit for page in listed[:-1])
+
+
+async def test_sessions_made_in_one_millisecond_list_newest_first(
+    store: Store, clock: ManualClock
+) -> None:
+    # The clock stands still, as it seems to for a script making sessions in a loop.
+    made = [
+        (await store.create_session(owner="ann", provider="echo")).session_id for _ in range(12)
+    ]
+    listed = await store.list_sessions(owner="ann")
+    assert [s.session_id for s in listed] == made[::-1]
+    assert len({s.created_at for s in listed}) == len(made)
+    # Once the clock moves on, stamps follow it again.
+    clock.advance(1)
+    later = await store.create_session(owner="ann", provider="echo")
+    assert later.created_at == int(clock.now() * 1000)
 
 
 async def test_a_page_of_sessions_is_not_shifted_by_changes_meanwhile(
