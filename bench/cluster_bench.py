@@ -46,7 +46,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
 
 from bench.chaos import UNLIMITED_SENDS, ServerProcess
 from bench.ws_bench import (
@@ -58,6 +57,7 @@ from bench.ws_bench import (
     emit,
     latency,
     new_session,
+    open_link,
     open_spread,
     request,
     throughput,
@@ -147,7 +147,7 @@ async def failover_round(cluster: Cluster, *, subscribers: int, chunks: int) -> 
     for sub in subs:
         await request(sub.ws, {"type": "subscribe", "session_id": session_id})
     readers = [asyncio.create_task(sub.consume()) for sub in subs]
-    control = await connect(servers[0].url(batch=False), compression=None, max_size=None)
+    control = await open_link(servers[0].url(batch=False))
     options = {**echo(chunks, 0), "hang": True}
     await request(
         control, {"type": "send", "session_id": session_id, "content": "go", "options": options}

@@ -5,6 +5,7 @@ how it reads the CPU time a server used, and that it pauses only its own collect
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -12,14 +13,17 @@ import time
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from bench.ws_bench import (
+    Reader,
     Readings,
     Server,
     Subscriber,
     collector_paused,
     cpu_seconds,
     median_of,
+    open_link,
     servers_cpu_seconds,
     stat_cpu_seconds,
 )
@@ -28,18 +32,19 @@ from .test_chaos import event as ev
 
 
 class Messages:
-    """Stands in for a client connection: receives the given messages, then fails as a
-    closed connection does."""
+    """Stands in for a client's link: hands its reader the given messages, then closes."""
 
     def __init__(self, messages: list[Any]) -> None:
-        self.messages = iter([json.dumps(m).encode() for m in messages])
+        self.messages = [json.dumps(m).encode() for m in messages]
+        self.sent: list[dict[str, Any]] = []
 
-    async def recv(self, decode: bool | None = None) -> bytes:
-        assert decode is False, "the benchmark decodes UTF-8 itself"
-        try:
-            return next(self.messages)
-        except StopIteration:
-            raise EOFError("no more messages") from None
+    def read_with(self, reader: Reader) -> None:
+        for message in self.messages:
+            reader.receive(message)
+        reader.disconnected()
+
+    def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
 
 
 async def consume(
@@ -97,6 +102,58 @@ async def test_subscribers_sharing_their_reading_each_check_their_own_position()
     # The same stretch again, already read, is still a duplicate for this subscriber.
     with pytest.raises(AssertionError, match="expected seq"):
         await consume([*messages[:2], messages[1], messages[2]], readings=readings)
+
+
+async def test_after_lagged_it_resubscribes_from_its_position_and_goes_on() -> None:
+    lagged = {"type": "lagged", "session_id": "s", "run_id": "a", "last_seq": 2}
+    messages = [[ev("a", 1), ev("a", 2)], lagged, [ev("a", 3), ev("a", 4, "complete")]]
+    link = Messages(messages)
+    sub = Subscriber(link)  # type: ignore[arg-type]
+    await sub.consume()
+    assert (sub.events, sub.lagged) == (4, 1)
+    assert link.sent == [{"type": "subscribe", "session_id": "s", "run_id": "a", "after_seq": 2}]
+
+
+async def test_a_connection_that_closes_before_the_end_fails_the_subscriber() -> None:
+    with pytest.raises(ConnectionError):
+        await consume([[ev("a", 1), ev("a", 2)]])
+
+
+async def test_a_link_reads_whole_messages_queued_then_handed_to_its_reader() -> None:
+    # A real WebSocket server on loopback: a fragmented message, a ping, a plain one, close.
+    async def handler(ws: ServerConnection) -> None:
+        assert await ws.recv() == "hello"
+        await ws.send(["[1,", "2]"])
+        await ws.ping()
+        await ws.send("[3]")
+        await ws.send("[4]")
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = await open_link(f"ws://127.0.0.1:{port}/")
+        link.send("hello")
+        assert await link.recv() == b"[1,2]"
+        assert await link.recv() == b"[3]"
+
+        class Collect:
+            def __init__(self) -> None:
+                self.got: list[bytes] = []
+                self.closed = asyncio.Event()
+
+            def receive(self, message: bytes) -> None:
+                self.got.append(message)
+
+            def disconnected(self) -> None:
+                self.closed.set()
+
+        reader = Collect()
+        link.read_with(reader)
+        await reader.closed.wait()
+        assert reader.got == [b"[4]"]
+        with pytest.raises(ConnectionError):
+            await link.recv()
+        await link.close()
 
 
 async def test_shared_reading_is_forgotten_past_its_size_limit() -> None:
