@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry import ManualClock, MemoryRegistry, Position, Turn
+from registry.clock import to_ms
 from registry.errors import UnknownRun
 from registry.store import SessionCursor, SessionRecord, Store, StoreError
 
@@ -144,7 +145,7 @@ async def test_sessions_made_in_one_millisecond_list_newest_first(
     # Once the clock moves on, stamps follow it again.
     clock.advance(1)
     later = await store.create_session(owner="ann", provider="echo")
-    assert later.created_at == int(clock.now() * 1000)
+    assert later.created_at == to_ms(clock.now())
 
 
 async def test_a_page_of_sessions_is_not_shifted_by_changes_meanwhile(
